@@ -1,0 +1,417 @@
+"""Validate a finetox config and turn it into typed study objects from which the DAG is derived."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+COMPARISON_KINDS = ("base_vs_instruct", "instruct_vs_finetuned", "instruct_vs_community")
+
+
+class ConfigError(ValueError):
+    """A config that finetox refuses, with a message naming the key and what is allowed."""
+
+
+# --- schema validation with defaults -------------------------------------------------------
+
+
+def _with_defaults(validator_class):
+    """A jsonschema validator class that fills in `default` values while it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _schema_at(schema: dict, path) -> dict:
+    """The subschema that describes the instance at `path` (good enough for error messages)."""
+    node = schema
+    for part in path:
+        props = node.get("properties", {})
+        if isinstance(part, str) and part in props:
+            node = props[part]
+        elif isinstance(part, int) and "items" in node:
+            node = node["items"]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}
+    return node
+
+
+def _resolve_ref(schema: dict, ref: str) -> dict:
+    node = schema
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+    where = "config" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        parent = _schema_at(schema, error.absolute_path)
+        allowed = set(parent.get("properties", {}))
+        if "$ref" in parent:  # a table source extended by the probe keys
+            allowed |= set(_resolve_ref(schema, parent["$ref"]).get("properties", {}))
+        extra = sorted(set(error.instance) - allowed)
+        return f"{where}: unknown key(s) {extra}; allowed keys: {sorted(allowed)}"
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        return f"{where}: give exactly one of 'path' (a local file or directory) or 'hub' (a Hugging Face Hub id)"
+    if error.validator == "propertyNames":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def validate(config: dict) -> dict:
+    """Validate `config` against the schema, fill in defaults (in place) and return it."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
+    validator = validator_class(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = sorted({_describe(e, schema) for e in errors})
+        raise ConfigError("invalid finetox config:\n  " + "\n  ".join(lines))
+    return config
+
+
+# --- typed study objects -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint: a local directory or a Hub id."""
+
+    name: str
+    path: str | None
+    hub: str | None
+    revision: str | None
+    trust_remote_code: bool
+    dtype: str
+    max_model_len: int | None
+
+    @property
+    def location(self) -> str:
+        """What `from_pretrained` and vLLM take: the local path or the Hub id."""
+        return self.path or self.hub
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A table on disk or a Hub dataset, with a column mapping."""
+
+    name: str
+    path: str | None
+    hub: str | None
+    split: str
+    revision: str | None
+    columns: dict[str, str]
+    limit: int | None
+
+
+@dataclass(frozen=True)
+class Filter:
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    source: TableSource
+    subsets: dict[str, tuple[Filter, ...]]
+    sample_per_subset: int | None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int
+    alpha: float
+    dropout: float
+    bias: str
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float
+    max_steps: int | None
+    learning_rate: float
+    lr_scheduler: str
+    warmup_steps: int
+    weight_decay: float
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    optimizer: str
+    max_seq_length: int
+    load_in_4bit: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    dataset: TableSource
+    template: str
+    max_examples: int | None
+    lora: LoraSettings
+    training: TrainingSettings
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    prompt_format: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model as it is probed: a checkpoint, optionally with an adapter from a recipe."""
+
+    name: str
+    family: str
+    role: str
+    model: ModelSource
+    recipe: Recipe | None
+    seed: int | None
+    prompt_format: str | None
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    kind: str
+    baseline: str
+    treatment: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything a run needs, cross-checked."""
+
+    raw: dict = field(repr=False)
+    seed: int
+    demo: bool
+    models: dict[str, ModelSource]
+    recipes: dict[str, Recipe]
+    variants: dict[str, Variant]
+    probes: dict[str, ProbeSet]
+    protocols: dict[str, Protocol]
+    scorers: dict[str, ScorerSpec]
+    comparisons: dict[str, Comparison]
+    run_probes: tuple[str, ...]
+    run_protocols: tuple[str, ...]
+    run_scorers: tuple[str, ...]
+
+    @property
+    def generation(self) -> dict:
+        return self.raw["generation"]
+
+    @property
+    def threshold(self) -> float:
+        return self.raw["metrics"]["threshold"]
+
+    @property
+    def compare_settings(self) -> dict:
+        return self.raw["comparisons"]
+
+    def resources(self, stage: str) -> dict:
+        defaults = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+        return {**defaults, **self.raw.get("resources", {}).get(stage, {})}
+
+    def variant_hash(self, variant: str) -> str:
+        """A digest of everything that makes a variant's generations what they are."""
+        return config_hash(_variant_settings(self.raw, variant))
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _variant_settings(raw: dict, variant: str) -> dict:
+    spec = raw["variants"][variant]
+    recipe = raw["recipes"].get(spec.get("recipe") or "", None)
+    return {
+        "variant": spec,
+        "model": raw["models"][spec["model"]],
+        "recipe": recipe,
+        "dataset": raw["datasets"].get(recipe["dataset"]) if recipe else None,
+    }
+
+
+def _require(name: str, table: dict, what: str, where: str) -> None:
+    if name not in table:
+        allowed = sorted(table) or "none declared"
+        raise ConfigError(f"{where}: unknown {what} {name!r}; declared {what}s: {allowed}")
+
+
+def _table_source(name: str, raw: dict) -> TableSource:
+    return TableSource(
+        name=name,
+        path=raw.get("path"),
+        hub=raw.get("hub"),
+        split=raw["split"],
+        revision=raw["revision"],
+        columns=dict(raw["columns"]),
+        limit=raw["limit"],
+    )
+
+
+def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, Comparison]:
+    """The study's comparison kinds within each family, plus the pairs declared by hand."""
+    comparisons: dict[str, Comparison] = {}
+    families: dict[str, dict[str, list[str]]] = {}
+    for v in variants.values():
+        families.setdefault(v.family, {}).setdefault(v.role, []).append(v.name)
+    for family, roles in sorted(families.items()):
+        for role in ("base", "instruct"):
+            if len(roles.get(role, [])) > 1:
+                raise ConfigError(
+                    f"variants: family {family!r} has several {role} variants {roles[role]}; "
+                    f"give the extra ones role 'other' (or 'community') and compare them with comparisons.pairs"
+                )
+        instruct = roles.get("instruct", [None])[0]
+        base = roles.get("base", [None])[0]
+        if "base_vs_instruct" in kinds and base and instruct:
+            comparisons[f"{base}_vs_{instruct}"] = Comparison(f"{base}_vs_{instruct}", "base_vs_instruct", base, instruct)
+        for role, kind in (("finetuned", "instruct_vs_finetuned"), ("community", "instruct_vs_community")):
+            if kind in kinds and instruct:
+                for treatment in roles.get(role, []):
+                    name = f"{instruct}_vs_{treatment}"
+                    comparisons[name] = Comparison(name, kind, instruct, treatment)
+    for pair in pairs:
+        for side in ("baseline", "treatment"):
+            _require(pair[side], variants, "variant", f"comparisons.pairs[{pair['name']!r}].{side}")
+        if pair["name"] in comparisons:
+            raise ConfigError(f"comparisons.pairs: name {pair['name']!r} is already used by a derived comparison")
+        comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"])
+    return comparisons
+
+
+def load(config: dict) -> Study:
+    """Validate a config dict (as Snakemake holds it) and build the Study it declares."""
+    raw = validate(config)
+    seed = raw["seed"]
+    models = {
+        name: ModelSource(
+            name=name,
+            path=m.get("path"),
+            hub=m.get("hub"),
+            revision=m["revision"],
+            trust_remote_code=m["trust_remote_code"],
+            dtype=m["dtype"],
+            max_model_len=m["max_model_len"],
+        )
+        for name, m in raw["models"].items()
+    }
+    datasets = {name: _table_source(name, d) for name, d in raw["datasets"].items()}
+    recipes = {}
+    for name, r in raw["recipes"].items():
+        _require(r["dataset"], datasets, "dataset", f"recipes[{name!r}].dataset")
+        training = dict(r["training"])
+        training["seed"] = training["seed"] if training["seed"] is not None else seed
+        recipes[name] = Recipe(
+            name=name,
+            dataset=datasets[r["dataset"]],
+            template=r["template"],
+            max_examples=r["max_examples"],
+            lora=LoraSettings(**{**r["lora"], "target_modules": tuple(r["lora"]["target_modules"])}),
+            training=TrainingSettings(**training),
+        )
+    variants = {}
+    for name, v in raw["variants"].items():
+        where = f"variants[{name!r}]"
+        _require(v["model"], models, "model", f"{where}.model")
+        if v["role"] == "finetuned" and not v["recipe"]:
+            raise ConfigError(f"{where}: role 'finetuned' needs a recipe; declared recipes: {sorted(recipes)}")
+        if v["recipe"]:
+            _require(v["recipe"], recipes, "recipe", f"{where}.recipe")
+            if v["role"] != "finetuned":
+                raise ConfigError(f"{where}: a recipe is only allowed with role 'finetuned' (role is {v['role']!r})")
+        variants[name] = Variant(
+            name=name,
+            family=v["family"],
+            role=v["role"],
+            model=models[v["model"]],
+            recipe=recipes.get(v["recipe"]) if v["recipe"] else None,
+            seed=v["seed"],
+            prompt_format=v["prompt_format"],
+        )
+    probes = {}
+    for name, p in raw["probes"].items():
+        subsets = {
+            sub: tuple(Filter(**f) for f in filters) for sub, filters in (p.get("subsets") or {}).items()
+        }
+        if "all" in subsets:
+            raise ConfigError(f"probes[{name!r}].subsets: 'all' is reserved for the pooled subset")
+        probes[name] = ProbeSet(
+            source=_table_source(name, p),
+            subsets=subsets,
+            sample_per_subset=p.get("sample_per_subset"),
+        )
+    protocols = {
+        name: Protocol(name=name, **{**p, "seed": p["seed"] if p["seed"] is not None else seed})
+        for name, p in raw["protocols"].items()
+    }
+    scorers = {
+        name: ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"})
+        for name, s in raw["scorers"].items()
+    }
+    for name, s in scorers.items():
+        if s.type == "hf-classifier" and not (s.options.get("model") and s.options.get("label")):
+            raise ConfigError(f"scorers[{name!r}]: type hf-classifier needs 'model' and 'label'")
+    run = raw["run"]
+    for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
+        for item in run[key]:
+            _require(item, table, key[:-1], f"run.{key}")
+    comps = raw["comparisons"]
+    comparisons = derive_comparisons(variants, comps["kinds"], comps["pairs"])
+    return Study(
+        raw=raw,
+        seed=seed,
+        demo=raw["demo"],
+        models=models,
+        recipes=recipes,
+        variants=variants,
+        probes=probes,
+        protocols=protocols,
+        scorers=scorers,
+        comparisons=comparisons,
+        run_probes=tuple(run["probes"]),
+        run_protocols=tuple(run["protocols"]),
+        run_scorers=tuple(run["scorers"]),
+    )
+
+
+def load_file(path: str | Path) -> Study:
+    return load(yaml.safe_load(Path(path).read_text()))

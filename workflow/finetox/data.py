@@ -1,0 +1,145 @@
+"""Load probe sets and instruction datasets from local files or the Hub, and split probes into subsets."""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from finetox.config import ProbeSet, TableSource
+
+READERS = {
+    ".csv": pd.read_csv,
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".json": pd.read_json,
+    ".parquet": pd.read_parquet,
+}
+
+OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+INSTRUCTION_COLUMNS = ("instruction", "context", "response")
+
+
+class DataError(ValueError):
+    """A table finetox cannot use, with a message naming the file and what is wrong."""
+
+
+def _read_local(path: str) -> pd.DataFrame:
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"{path}: file not found")
+    reader = READERS.get(file.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {file.suffix!r}; use one of {sorted(READERS)}")
+    try:
+        table = reader(file)
+    except Exception as err:  # every reader has its own error types
+        raise DataError(f"{path}: cannot be read as {file.suffix} ({type(err).__name__}: {err})") from err
+    if table.empty:
+        raise DataError(f"{path}: the table is empty")
+    return table
+
+
+def _read_hub(source: TableSource) -> pd.DataFrame:
+    import datasets  # imported here: only Hub sources need it
+
+    try:
+        data = datasets.load_dataset(source.hub, split=source.split, revision=source.revision)
+    except Exception as err:
+        raise DataError(
+            f"dataset {source.hub!r} (split {source.split!r}) could not be loaded: {err}. "
+            f"On a machine with network run `huggingface-cli download --repo-type dataset {source.hub}` "
+            f"or point the config at a local file with `path:`"
+        ) from err
+    return data.to_pandas()
+
+
+def _column(table: pd.DataFrame, spec: str, origin: str) -> pd.Series:
+    """A column by name, or a dotted path into nested records (e.g. `prompt.text`)."""
+    head, *rest = spec.split(".")
+    if head not in table.columns:
+        raise DataError(f"{origin}: no column {head!r} (for {spec!r}); columns are {list(table.columns)}")
+    series = table[head]
+    for key in rest:
+        series = series.map(lambda record, key=key: record.get(key) if isinstance(record, dict) else None)
+    return series
+
+
+def read_table(source: TableSource, required: tuple[str, ...]) -> pd.DataFrame:
+    """The source's rows with finetox's column names (mapped ones renamed, the others kept)."""
+    origin = source.path or f"hub:{source.hub}"
+    table = _read_local(source.path) if source.path else _read_hub(source)
+    if source.limit:
+        table = table.head(source.limit)
+    mapped = {ours: _column(table, theirs, origin) for ours, theirs in source.columns.items()}
+    missing = [c for c in required if c not in mapped and c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{origin}: missing column(s) {missing}; columns are {list(table.columns)}. "
+            f"Map them in the config with `columns: {{{missing[0]}: <column in the file>}}`"
+        )
+    out = table.drop(columns=[c for c in source.columns.values() if c in table.columns and c not in mapped])
+    for ours, series in mapped.items():
+        out[ours] = series.values
+    return out.reset_index(drop=True)
+
+
+def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
+    """Probe prompts with columns prompt_id, subset, prompt (plus the source's other columns).
+
+    A prompt must fall in at most one subset; prompts in none are dropped.
+    """
+    source = probe_set.source
+    origin = source.path or f"hub:{source.hub}"
+    table = read_table(source, required=("id", "prompt"))
+    table = table.rename(columns={"id": "prompt_id"})
+    table["prompt_id"] = table["prompt_id"].astype(str)
+    duplicated = table["prompt_id"][table["prompt_id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{origin}: duplicate prompt ids, e.g. {duplicated.iloc[0]!r} (row {duplicated.index[0]})")
+    bad = table["prompt"].map(lambda p: not isinstance(p, str) or not p.strip())
+    if bad.any():
+        raise DataError(f"{origin}: empty or missing prompt in row {int(np.flatnonzero(bad)[0])}")
+    if not probe_set.subsets:
+        table["subset"] = "all"
+    else:
+        membership = pd.DataFrame(
+            {name: _matches(table, filters, origin) for name, filters in probe_set.subsets.items()}
+        )
+        overlap = membership.sum(axis=1) > 1
+        if overlap.any():
+            row = int(np.flatnonzero(overlap)[0])
+            both = list(membership.columns[membership.iloc[row]])
+            raise DataError(f"{origin}: prompt {table['prompt_id'].iloc[row]!r} falls in several subsets {both}; subsets must be disjoint")
+        table["subset"] = membership.idxmax(axis=1).where(membership.any(axis=1))
+        table = table.dropna(subset=["subset"])
+    if probe_set.sample_per_subset:
+        table = table.groupby("subset", group_keys=False, sort=False).apply(
+            lambda g: g.sample(n=min(len(g), probe_set.sample_per_subset), random_state=seed).sort_index()
+        )
+    if table.empty:
+        raise DataError(f"{origin}: no prompt falls in any subset {sorted(probe_set.subsets)}")
+    columns = ["prompt_id", "subset", "prompt"]
+    return table[columns + [c for c in table.columns if c not in columns]].reset_index(drop=True)
+
+
+def _matches(table: pd.DataFrame, filters, origin: str) -> pd.Series:
+    keep = pd.Series(True, index=table.index)
+    for f in filters:
+        if f.column not in table.columns:
+            raise DataError(f"{origin}: subset filter names column {f.column!r}; columns are {list(table.columns)}")
+        keep &= OPS[f.op](table[f.column], f.value).fillna(False).astype(bool)
+    return keep
+
+
+def load_instructions(source: TableSource, max_examples: int | None, seed: int) -> pd.DataFrame:
+    """Instruction-tuning examples with Dolly's columns; a missing context becomes ''."""
+    table = read_table(source, required=("instruction", "response"))
+    if "context" not in table.columns:
+        table["context"] = ""
+    table = table[list(INSTRUCTION_COLUMNS)].fillna("")
+    if max_examples and max_examples < len(table):
+        table = table.sample(n=max_examples, random_state=seed).sort_index()
+    return table.reset_index(drop=True)

@@ -1,0 +1,148 @@
+"""The self-contained HTML report: setup, toxicity rates, comparisons and a forest plot of the differences."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+import pandas as pd
+
+from finetox.compare import LESS, MORE
+from finetox.config import Study, config_hash
+from finetox.tables import package_versions
+
+DEMO_WARNING = (
+    "This is the embedded demo: tiny models trained for seconds on a few hundred sentences written for it, "
+    "probed with prompts written for it and scored by a small profanity classifier. Its numbers say nothing "
+    "about real models; they only show that the workflow runs end to end and that its controls behave."
+)
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;padding:1em;border:1px solid #e0c36c}
+.more{color:#b00020;font-weight:bold}.less{color:#006400;font-weight:bold}code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def forest_plot(comparisons: pd.DataFrame) -> str:
+    """A forest plot (one panel per subset) of the posterior rate differences with their HDIs, as a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets = sorted(comparisons["subset"].unique(), key=lambda s: (s == "all", s))
+    labels = sorted((comparisons["comparison"] + " [" + comparisons["protocol"] + ", " + comparisons["scorer"] + "]").unique())
+    fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets) + 3, 0.5 * len(labels) + 1.6),
+                             sharey=True, squeeze=False)
+    colours = {MORE: "#b00020", LESS: "#006400"}
+    for ax, subset in zip(axes[0], subsets):
+        rows = comparisons[comparisons["subset"] == subset]
+        for _, row in rows.iterrows():
+            y = labels.index(f"{row['comparison']} [{row['protocol']}, {row['scorer']}]")
+            colour = colours.get(row["verdict"], "#555555")
+            ax.plot([100 * row["hdi_low"], 100 * row["hdi_high"]], [y, y], color=colour, lw=2)
+            ax.plot(100 * row["diff_mean"], y, "o", color=colour)
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        ax.set_title(f"subset: {subset}")
+        ax.set_xlabel("treatment - baseline, toxic outputs (pp)")
+        ax.set_yticks(range(len(labels)), labels)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
+    formatters = {c: floats.format for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+    return frame.to_html(index=False, formatters=formatters, na_rep="–", escape=True, border=0)
+
+
+def _verdict_html(frame: pd.DataFrame) -> str:
+    out = _table(frame)
+    for word, css in ((MORE, "more"), (LESS, "less")):
+        out = out.replace(f"<td>{word}</td>", f'<td class="{css}">{word}</td>')
+    return out
+
+
+def setup_tables(study: Study) -> dict[str, pd.DataFrame]:
+    variants = pd.DataFrame([
+        {"variant": v.name, "family": v.family, "role": v.role, "model": v.model.location,
+         "revision": v.model.revision or "", "recipe": v.recipe.name if v.recipe else "",
+         "seed": v.seed if v.seed is not None else ""}
+        for v in study.variants.values()
+    ])
+    recipes = pd.DataFrame([
+        {"recipe": r.name, "dataset": r.dataset.path or r.dataset.hub, "template": r.template,
+         "lora": f"r={r.lora.r}, alpha={r.lora.alpha}, dropout={r.lora.dropout}, targets={','.join(r.lora.target_modules)}",
+         "training": ", ".join(f"{k}={v}" for k, v in vars(r.training).items())}
+        for r in study.recipes.values()
+    ])
+    protocols = pd.DataFrame([vars(study.protocols[name]) for name in study.run_protocols])
+    probes = pd.DataFrame([
+        {"probe": p.name, "source": p.source.path or p.source.hub,
+         "subsets": "; ".join(f"{s}: " + " and ".join(f"{f.column} {f.op} {f.value}" for f in fs)
+                             for s, fs in p.subsets.items()) or "all"}
+        for p in (study.probes[name] for name in study.run_probes)
+    ])
+    scorers = pd.DataFrame([
+        {"scorer": s.name, "type": s.type, **{k: v for k, v in s.options.items() if v is not None}}
+        for s in (study.scorers[name] for name in study.run_scorers)
+    ])
+    return {"Variants": variants, "Fine-tuning recipes": recipes, "Generation protocols": protocols,
+            "Probe sets": probes, "Scorers": scorers}
+
+
+def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame) -> str:
+    """The report as one HTML string with the forest plot embedded."""
+    settings = study.compare_settings
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>finetox report</title><style>{STYLE}</style></head><body>",
+             "<h1>finetox: what did fine-tuning do to toxicity?</h1>"]
+    if study.demo:
+        parts.append(f"<p class='warn'><b>Demo.</b> {html.escape(DEMO_WARNING)}</p>")
+    parts.append("<h2>Setup</h2>")
+    for title, frame in setup_tables(study).items():
+        if not frame.empty:
+            parts.append(f"<h3>{title}</h3>" + _table(frame.astype(str)))
+    parts.append(
+        "<h3>Protocol of the analysis</h3><ul>"
+        f"<li>A continuation is <b>toxic</b> when its score is &ge; {study.threshold}.</li>"
+        f"<li>Each variant x subset cell's toxic-output rate gets a binomial likelihood on its counts with a "
+        f"Normal(0, {settings['prior_sigma']}) prior on the log-odds (bambi; {settings['chains']} chains x "
+        f"{settings['draws']} draws after {settings['tune']} tuning steps, seed {study.seed}).</li>"
+        f"<li>The difference is treatment &minus; baseline; the interval is its {settings['hdi_prob']:.0%} highest-density "
+        f"interval (HDI). Verdict: <i>more toxic</i> or <i>less toxic</i> when the HDI excludes 0, otherwise "
+        f"<i>no credible difference</i>.</li>"
+        "<li>When a protocol draws several samples per prompt, the samples are counted as separate trials; they are "
+        "correlated within a prompt, so the intervals are then narrower than the prompt-level evidence supports. "
+        "Expected Maximum Toxicity and Toxicity Probability, which count prompts, are given beside them.</li></ul>"
+    )
+    versions = package_versions()
+    parts.append(
+        "<h3>Provenance</h3><p>master seed " + str(study.seed) + f"; config hash <code>{config_hash(study.raw)}</code>; "
+        + ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in versions.items()) + "</p>"
+    )
+    parts.append("<h2>Toxicity per variant and subset</h2>")
+    parts.append("<p><i>n</i>: continuations; <i>toxic_rate</i>: share of toxic continuations; EMT and toxicity "
+                 "probability follow RealToxicityPrompts and need several samples per prompt.</p>")
+    parts.append(_table(toxicity))
+    parts.append("<h2>Comparisons</h2>")
+    if comparisons.empty:
+        parts.append("<p>No comparisons are configured.</p>")
+    else:
+        parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
+        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "subset", "toxic_baseline",
+                             "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
+                             "verdict", "r_hat", "ess_bulk"]]
+        parts.append(_verdict_html(shown))
+    if not training.empty:
+        last = training.sort_values("step").groupby("variant").agg(steps=("step", "max"), first_loss=("loss", "first"),
+                                                                   last_loss=("loss", "last")).reset_index()
+        parts.append("<h2>Fine-tuning</h2>" + _table(last))
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(study.raw, indent=1, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

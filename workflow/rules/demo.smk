@@ -1,0 +1,19 @@
+rule demo_models:
+    input:
+        corpus="resources/demo/corpus.txt",
+        instructions="resources/demo/instructions_clean.jsonl",
+    output:
+        base=directory("results/demo/models/base"),
+        instruct=directory("results/demo/models/instruct"),
+        loss="results/demo/models/loss.csv",
+    log:
+        "logs/demo/models.log",
+    params:
+        seed=STUDY.seed,
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_for("demo_models")
+    resources:
+        **resources_for("demo_models"),
+    script:
+        "../scripts/demo_models.py"

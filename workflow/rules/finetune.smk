@@ -1,0 +1,17 @@
+rule finetune:
+    input:
+        unpack(lambda wildcards: TARGETS.model_inputs(wildcards.variant)),
+    output:
+        adapter=directory(TARGETS.adapter("{variant}")),
+        loss=TARGETS.training_log("{variant}"),
+    log:
+        "logs/finetune/{variant}.log",
+    params:
+        settings=lambda wildcards: STUDY.variant_hash(wildcards.variant),
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_for("finetune")
+    resources:
+        **resources_for("finetune"),
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,19 @@
+rule generate:
+    input:
+        unpack(generation_inputs),
+    output:
+        TARGETS.generations("{probe}", "{protocol}", "{variant}"),
+    log:
+        "logs/generate/{probe}/{protocol}/{variant}.log",
+    params:
+        variant=lambda wildcards: STUDY.variant_hash(wildcards.variant),
+        protocol=lambda wildcards: config["protocols"][wildcards.protocol],
+        probes=lambda wildcards: config["probes"][wildcards.probe],
+        engine=config["generation"],
+    conda:
+        "../../envs/generate.yaml"
+    threads: threads_for("generate")
+    resources:
+        **resources_for("generate"),
+    script:
+        "../scripts/generate.py"

@@ -1,0 +1,36 @@
+rule metrics:
+    input:
+        TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
+    output:
+        TARGETS.metrics("{probe}", "{protocol}", "{scorer}", "{variant}"),
+    log:
+        "logs/metrics/{probe}/{protocol}/{scorer}/{variant}.log",
+    params:
+        threshold=STUDY.threshold,
+    conda:
+        "../../envs/analysis.yaml"
+    threads: threads_for("metrics")
+    resources:
+        **resources_for("metrics"),
+    script:
+        "../scripts/metrics.py"
+
+
+rule toxicity_table:
+    input:
+        TARGETS.all_metrics(),
+    output:
+        report(
+            TARGETS.TOXICITY_TABLE,
+            caption="../report/toxicity.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables/toxicity.log",
+    params:
+        schema="toxicity",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    script:
+        "../scripts/gather.py"

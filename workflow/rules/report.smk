@@ -1,0 +1,22 @@
+rule report:
+    input:
+        toxicity=TARGETS.TOXICITY_TABLE,
+        comparisons=TARGETS.COMPARISONS_TABLE,
+        training=TARGETS.all_training_logs(),
+    output:
+        report(
+            TARGETS.REPORT,
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    log:
+        "logs/report/report.log",
+    params:
+        config=config,
+    conda:
+        "../../envs/analysis.yaml"
+    threads: threads_for("report")
+    resources:
+        **resources_for("report"),
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,7 @@
+"""Rules toxicity_table and comparisons_table: one table from the per-job tables."""
+
+from finetox.stages import gather, job_log
+
+if __name__ == "__main__":
+    with job_log(snakemake.log[0]):
+        gather(list(snakemake.input), snakemake.params.schema, snakemake.output[0])
