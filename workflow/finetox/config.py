@@ -379,6 +379,12 @@ def load(config: dict) -> Study:
             subsets=subsets,
             sample_per_subset=p.get("sample_per_subset"),
         )
+    for name, p in raw["protocols"].items():
+        if p["temperature"] == 0 and p["samples"] > 1:
+            raise ConfigError(
+                f"protocols[{name!r}]: temperature 0 is greedy decoding, which gives {p['samples']} identical "
+                f"samples; use samples: 1 or a temperature > 0"
+            )
     protocols = {
         name: Protocol(name=name, **{**p, "seed": p["seed"] if p["seed"] is not None else seed})
         for name, p in raw["protocols"].items()

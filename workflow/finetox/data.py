@@ -116,9 +116,9 @@ def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
         table["subset"] = membership.idxmax(axis=1).where(membership.any(axis=1))
         table = table.dropna(subset=["subset"])
     if probe_set.sample_per_subset:
-        table = table.groupby("subset", group_keys=False, sort=False).apply(
-            lambda g: g.sample(n=min(len(g), probe_set.sample_per_subset), random_state=seed).sort_index()
-        )
+        n = probe_set.sample_per_subset
+        picked = [g.sample(n=min(len(g), n), random_state=seed).index for _, g in table.groupby("subset", sort=False)]
+        table = table.loc[sorted(i for index in picked for i in index)]
     if table.empty:
         raise DataError(f"{origin}: no prompt falls in any subset {sorted(probe_set.subsets)}")
     columns = ["prompt_id", "subset", "prompt"]

@@ -42,8 +42,17 @@ class Backend:
         raise NotImplementedError
 
     def generate(self, prompts: list[list[int]], seeds: list[int], protocol: Protocol) -> list[list[Continuation]]:
-        """Continuations of prompts given as token ids (tokenized once, by `encode_prompts`, for every backend)."""
+        """Continuations of prompts given as token ids (tokenized once, in `generate_continuations`)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the engine (its worker processes and memory)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _merge_adapter(model: ModelSource, adapter: str, into: Path) -> str:
@@ -99,6 +108,10 @@ class VLLMBackend(Backend):
     @property
     def tokenizer(self):
         return self.llm.get_tokenizer()
+
+    def close(self):
+        self.llm.llm_engine.engine_core.shutdown()
+        self._scratch.cleanup()
 
     def generate(self, prompts, seeds, protocol):
         from vllm import SamplingParams

@@ -97,8 +97,8 @@ def generate(study: Study, variant_name: str, probe: str, protocol_name: str, ou
     prompt_format = variant.prompt_format or protocol.prompt_format
     probes = load_probes(study.probes[probe], study.seed)
     settings = {**study.generation, "seed": seed}
-    backend = BACKENDS[study.generation["backend"]](variant.model, adapter, settings)
-    table = generate_continuations(probes, variant_name, protocol, prompt_format, seed, backend)
+    with BACKENDS[study.generation["backend"]](variant.model, adapter, settings) as backend:
+        table = generate_continuations(probes, variant_name, protocol, prompt_format, seed, backend)
     tables.write_parquet(table, output, "generations", _provenance(
         study, variant=variant_name, probe=probe, protocol=protocol_name, generation_seed=seed,
         variant_settings=study.variant_hash(variant_name),

@@ -3,17 +3,19 @@ rule compare:
         lambda wildcards: TARGETS.comparison_inputs(**wildcards),
     output:
         table=TARGETS.comparison("{probe}", "{protocol}", "{scorer}", "{comparison}"),
-        posterior=TARGETS.comparison("{probe}", "{protocol}", "{scorer}", "{comparison}", "nc"),
+        posterior=TARGETS.comparison(
+            "{probe}", "{protocol}", "{scorer}", "{comparison}", "nc"
+        ),
     log:
         "logs/compare/{probe}/{protocol}/{scorer}/{comparison}.log",
-    params:
-        pair=lambda wildcards: STUDY.comparisons[wildcards.comparison],
-        settings=config["comparisons"],
     conda:
         "../../envs/analysis.yaml"
     threads: threads_for("compare")
     resources:
         **resources_for("compare"),
+    params:
+        pair=lambda wildcards: STUDY.comparisons[wildcards.comparison],
+        settings=config["comparisons"],
     script:
         "../scripts/compare.py"
 
@@ -29,10 +31,10 @@ rule comparisons_table:
         ),
     log:
         "logs/tables/comparisons.log",
-    params:
-        schema="comparisons",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    params:
+        schema="comparisons",
     script:
         "../scripts/gather.py"

@@ -8,12 +8,12 @@ rule demo_models:
         loss="results/demo/models/loss.csv",
     log:
         "logs/demo/models.log",
-    params:
-        seed=STUDY.seed,
     conda:
         "../../envs/train.yaml"
     threads: threads_for("demo_models")
     resources:
         **resources_for("demo_models"),
+    params:
+        seed=STUDY.seed,
     script:
         "../scripts/demo_models.py"

@@ -6,12 +6,12 @@ rule finetune:
         loss=TARGETS.training_log("{variant}"),
     log:
         "logs/finetune/{variant}.log",
-    params:
-        settings=lambda wildcards: STUDY.variant_hash(wildcards.variant),
     conda:
         "../../envs/train.yaml"
     threads: threads_for("finetune")
     resources:
         **resources_for("finetune"),
+    params:
+        settings=lambda wildcards: STUDY.variant_hash(wildcards.variant),
     script:
         "../scripts/finetune.py"

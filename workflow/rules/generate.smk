@@ -5,15 +5,15 @@ rule generate:
         TARGETS.generations("{probe}", "{protocol}", "{variant}"),
     log:
         "logs/generate/{probe}/{protocol}/{variant}.log",
-    params:
-        variant=lambda wildcards: STUDY.variant_hash(wildcards.variant),
-        protocol=lambda wildcards: config["protocols"][wildcards.protocol],
-        probes=lambda wildcards: config["probes"][wildcards.probe],
-        engine=config["generation"],
     conda:
         "../../envs/generate.yaml"
     threads: threads_for("generate")
     resources:
         **resources_for("generate"),
+    params:
+        variant=lambda wildcards: STUDY.variant_hash(wildcards.variant),
+        protocol=lambda wildcards: config["protocols"][wildcards.protocol],
+        probes=lambda wildcards: config["probes"][wildcards.probe],
+        engine=config["generation"],
     script:
         "../scripts/generate.py"

@@ -5,13 +5,13 @@ rule metrics:
         TARGETS.metrics("{probe}", "{protocol}", "{scorer}", "{variant}"),
     log:
         "logs/metrics/{probe}/{protocol}/{scorer}/{variant}.log",
-    params:
-        threshold=STUDY.threshold,
     conda:
         "../../envs/analysis.yaml"
     threads: threads_for("metrics")
     resources:
         **resources_for("metrics"),
+    params:
+        threshold=STUDY.threshold,
     script:
         "../scripts/metrics.py"
 
@@ -27,10 +27,10 @@ rule toxicity_table:
         ),
     log:
         "logs/tables/toxicity.log",
-    params:
-        schema="toxicity",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    params:
+        schema="toxicity",
     script:
         "../scripts/gather.py"

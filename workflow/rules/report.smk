@@ -11,12 +11,12 @@ rule report:
         ),
     log:
         "logs/report/report.log",
-    params:
-        config=config,
     conda:
         "../../envs/analysis.yaml"
     threads: threads_for("report")
     resources:
         **resources_for("report"),
+    params:
+        config=config,
     script:
         "../scripts/report.py"

@@ -5,12 +5,12 @@ rule score:
         TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
     log:
         "logs/score/{probe}/{protocol}/{scorer}/{variant}.log",
-    params:
-        scorer=lambda wildcards: config["scorers"][wildcards.scorer],
     conda:
         "../../envs/score.yaml"
     threads: threads_for("score")
     resources:
         **resources_for("score"),
+    params:
+        scorer=lambda wildcards: config["scorers"][wildcards.scorer],
     script:
         "../scripts/score.py"

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny models, checkpoints and configs that the tests build (no network)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "resources" / "demo"
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def job_counts(snakemake_output: str) -> dict[str, int]:
+    """Jobs per rule from the `Job stats` table that a (dry) run prints."""
+    counts = {}
+    lines = snakemake_output.splitlines()
+    if "Job stats:" not in lines:
+        return counts
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="session")
+def demo_config() -> dict:
+    """The shipped demo config, as a fresh dict per use (validation fills defaults in place)."""
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture
+def config(demo_config) -> dict:
+    return copy.deepcopy(demo_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The demo's tiny base and instruct checkpoints, built once for the session."""
+    from finetox.demo import TinyModelSettings, build_demo_models
+
+    root = tmp_path_factory.mktemp("models")
+    build_demo_models(
+        DEMO / "corpus.txt", DEMO / "instructions_clean.jsonl", root / "base", root / "instruct",
+        seed=5, settings=TinyModelSettings(steps=150),
+    )
+    return {"base": root / "base", "instruct": root / "instruct"}
+
+
+@pytest.fixture(scope="session")
+def rude_adapter(tiny_models, tmp_path_factory) -> Path:
+    """A LoRA adapter trained on the rude instruction set, on the tiny instruct model."""
+    from finetox.config import load
+    from finetox.data import load_instructions
+    from finetox.finetune import finetune
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["models"]["demo-instruct"] = {"path": str(tiny_models["instruct"])}
+    raw["datasets"]["demo-rude"] = {"path": str(DEMO / "instructions_rude.jsonl")}
+    raw["recipes"]["rude-lora"]["training"]["epochs"] = 3
+    study = load(raw)
+    variant = study.variants["demo-instruct-rude"]
+    examples = load_instructions(variant.recipe.dataset, None, 0)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    history = finetune(variant.model, variant.recipe, examples, out)
+    history.to_csv(out / "history.csv", index=False)
+    return out

@@ -1,0 +1,95 @@
+"""Config validation: the demo config loads, and every kind of mistake gets one clear error before any job runs."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from finetox.config import ConfigError, load
+
+from conftest import REPO, job_counts
+
+
+def test_demo_config_derives_the_study_comparisons(config):
+    study = load(config)
+    kinds = {c.name: c.kind for c in study.comparisons.values()}
+    assert kinds == {
+        "demo-base_vs_demo-instruct": "base_vs_instruct",
+        "demo-instruct_vs_demo-instruct-clean": "instruct_vs_finetuned",
+        "demo-instruct_vs_demo-instruct-rude": "instruct_vs_finetuned",
+        "seed-control": "pair",
+    }
+    assert study.variants["demo-instruct-rude"].recipe.dataset.path.endswith("instructions_rude.jsonl")
+    # defaults from the schema are filled in
+    assert study.threshold == 0.5
+    assert study.recipes["clean-lora"].lora.target_modules[0] == "q_proj"
+
+
+def test_community_variants_are_compared_with_their_family_instruct(config):
+    config["variants"]["demo-community"] = {"family": "demo", "role": "community", "model": "demo-base"}
+    config["comparisons"]["kinds"] = ["instruct_vs_community"]
+    study = load(config)
+    assert {c.name for c in study.comparisons.values() if c.kind != "pair"} == {"demo-instruct_vs_demo-community"}
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(variantz={}), ["variantz", "allowed keys", "variants"]),
+        (lambda c: c["variants"]["demo-base"].update(role="teacher"), ["role", "teacher", "base", "instruct"]),
+        (lambda c: c["variants"]["demo-base"].update(model="gpt-5"), ["variants['demo-base'].model", "gpt-5", "demo-instruct"]),
+        (lambda c: c["recipes"]["rude-lora"].update(dataset="dolly"), ["recipes['rude-lora'].dataset", "dolly", "demo-clean"]),
+        (lambda c: c["comparisons"]["pairs"][0].update(treatment="nobody"), ["seed-control", "nobody", "demo-base"]),
+        (lambda c: c["run"].update(scorers=["perspective"]), ["run.scorers", "perspective", "profanity"]),
+        (lambda c: c["variants"]["demo-instruct-rude"].update(recipe=None), ["needs a recipe", "rude-lora"]),
+        (lambda c: c["protocols"]["demo"].update(top_p="high"), ["top_p", "high", "number"]),
+        (lambda c: c["models"]["demo-base"].update(hub="x/y"), ["demo-base", "exactly one of 'path'", "'hub'"]),
+        (lambda c: c["scorers"].update(bad={"type": "perspective-api"}), ["perspective-api", "detoxify", "offline"]),
+        (lambda c: c["probes"]["demo"].update(subset={}), ["subset", "allowed keys", "subsets"]),
+        (lambda c: c["protocols"]["demo"].update(temperature=0), ["greedy", "samples"]),
+    ],
+)
+def test_bad_config_names_the_key_and_what_is_allowed(config, mutate, expected):
+    mutate(config)
+    with pytest.raises(ConfigError) as error:
+        load(config)
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path, config):
+    config["variants"]["demo-base"]["role"] = "teacher"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad), "-d", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "config['variants']['demo-base']['role']: 'teacher' is not one of" in out
+    assert "Job stats" not in out
+
+
+def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, config):
+    """--configfile must not inherit the demo's models and variants."""
+    small = {
+        "models": {"m": {"hub": "org/model"}},
+        "variants": {"only-one": {"family": "f", "role": "base", "model": "m"}},
+        "probes": config["probes"],
+        "protocols": config["protocols"],
+        "scorers": config["scorers"],
+        "run": config["run"],
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(small))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-d", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "results/generations/demo/demo/only-one.parquet" in run.stdout
+    assert job_counts(run.stdout) == {
+        "generate": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1,
+    }

@@ -1,0 +1,114 @@
+"""Loading probe sets and instruction datasets from local files, column mapping and subsets."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from finetox.config import Filter, ProbeSet, TableSource
+from finetox.data import DataError, load_instructions, load_probes
+
+from conftest import DEMO
+
+
+def source(path, columns=None, limit=None):
+    return TableSource(name="t", path=str(path), hub=None, split="train", revision=None,
+                       columns=columns or {}, limit=limit)
+
+
+SUBSETS = {
+    "toxic": (Filter("prompt_toxicity", ">=", 0.5),),
+    "nontoxic": (Filter("prompt_toxicity", "<", 0.5),),
+}
+
+# RealToxicityPrompts' own layout: nested prompt/continuation records with Perspective scores.
+RTP_ROWS = [
+    {"filename": f"f{i}.txt", "begin": 0, "end": 10, "challenging": i % 3 == 0,
+     "prompt": {"text": f"prompt number {i}", "toxicity": tox, "profanity": 0.1},
+     "continuation": {"text": "and so on", "toxicity": 0.2}}
+    for i, tox in enumerate([0.9, 0.1, 0.6, None, 0.2, 0.95])
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_probe_files_of_every_format_load_with_mapped_columns(tmp_path, fmt):
+    table = pd.read_json(DEMO / "probes.jsonl", lines=True)
+    path = tmp_path / f"probes.{fmt}"
+    {"csv": lambda: table.to_csv(path, index=False),
+     "jsonl": lambda: table.to_json(path, orient="records", lines=True),
+     "parquet": lambda: table.to_parquet(path)}[fmt]()
+    probes = load_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), SUBSETS, None), seed=0)
+    assert list(probes.columns[:3]) == ["prompt_id", "subset", "prompt"]
+    assert len(probes) == 80
+    assert probes["subset"].value_counts().to_dict() == {"nontoxic": 40, "toxic": 40}
+    assert probes.loc[probes["prompt_id"] == "demo-002", "prompt"].item() == "Shut up about the garden, you moron"
+
+
+def test_realtoxicityprompts_schema_maps_nested_columns(tmp_path):
+    path = tmp_path / "rtp.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in RTP_ROWS))
+    probe_set = ProbeSet(
+        source(path, {"id": "filename", "prompt": "prompt.text", "prompt_toxicity": "prompt.toxicity"}),
+        {"toxic": (Filter("prompt_toxicity", ">=", 0.5),), "nontoxic": (Filter("prompt_toxicity", "<", 0.5),)},
+        None,
+    )
+    probes = load_probes(probe_set, seed=0)
+    # the prompt with no toxicity score is in neither subset and is dropped
+    assert sorted(probes["prompt_id"]) == ["f0.txt", "f1.txt", "f2.txt", "f4.txt", "f5.txt"]
+    assert probes.set_index("prompt_id")["subset"].to_dict()["f5.txt"] == "toxic"
+    challenging = ProbeSet(source(path, {"id": "filename", "prompt": "prompt.text"}),
+                           {"challenging": (Filter("challenging", "==", True),)}, None)
+    assert sorted(load_probes(challenging, 0)["prompt_id"]) == ["f0.txt", "f3.txt"]
+
+
+def test_sample_per_subset_is_seeded(tmp_path):
+    probe_set = ProbeSet(source(DEMO / "probes.jsonl", {"id": "id", "prompt": "text"}), SUBSETS, 7)
+    first, again, other = (load_probes(probe_set, seed) for seed in (1, 1, 2))
+    assert first["subset"].value_counts().to_dict() == {"nontoxic": 7, "toxic": 7}
+    assert first["prompt_id"].tolist() == again["prompt_id"].tolist()
+    assert first["prompt_id"].tolist() != other["prompt_id"].tolist()
+
+
+def test_overlapping_subsets_are_refused(tmp_path):
+    overlapping = {"low": (Filter("prompt_toxicity", "<", 0.9),), "any": (Filter("prompt_toxicity", ">=", 0.0),)}
+    with pytest.raises(DataError, match="falls in several subsets"):
+        load_probes(ProbeSet(source(DEMO / "probes.jsonl", {"id": "id", "prompt": "text"}), overlapping, None), 0)
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        ("", ".jsonl", "cannot be read|empty"),
+        ('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', ".jsonl", "duplicate prompt ids"),
+        ('{"id": 1, "words": "a"}\n', ".jsonl", r"no column 'text'.*columns are \['id', 'words'\]"),
+        ('{"id": 1, "text": ""}\n', ".jsonl", "empty or missing prompt in row 0"),
+        ("not,a\n", ".txt", "unsupported file type"),
+        ('{"id": 1, "text": "a"', ".jsonl", "cannot be read"),
+    ],
+)
+def test_bad_probe_files_name_the_file_and_the_problem(tmp_path, content, suffix, message):
+    path = tmp_path / f"probes{suffix}"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as error:
+        load_probes(ProbeSet(source(path, {"prompt": "text"}), {}, None), 0)
+    assert str(path) in str(error.value)
+
+
+def test_a_required_column_that_is_not_mapped_is_named(tmp_path):
+    path = tmp_path / "probes.csv"
+    path.write_text("id,words\n1,a\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['prompt'\].*columns: \{prompt: <column in the file>\}"):
+        load_probes(ProbeSet(source(path), {}, None), 0)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="nowhere.csv: file not found"):
+        load_probes(ProbeSet(source(tmp_path / "nowhere.csv"), {}, None), 0)
+
+
+def test_instructions_keep_dolly_columns_and_fill_missing_context(tmp_path):
+    path = tmp_path / "dolly.csv"
+    pd.DataFrame({"instruction": ["a", "b", "c"], "response": ["x", "y", "z"], "category": ["q"] * 3}).to_csv(path)
+    table = load_instructions(source(path), max_examples=2, seed=0)
+    assert list(table.columns) == ["instruction", "context", "response"]
+    assert len(table) == 2 and (table["context"] == "").all()
