@@ -249,6 +249,13 @@ class Study:
         defaults = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
         return {**defaults, **self.raw.get("resources", {}).get(stage, {})}
 
+    def digest(self, *keys: str) -> str:
+        """A key-order-independent digest of one part of the config (rule params that trigger reruns)."""
+        node = self.raw
+        for key in keys:
+            node = node[key]
+        return config_hash(node)
+
     def variant_hash(self, variant: str) -> str:
         """A digest of everything that makes a variant's generations what they are."""
         return config_hash(_variant_settings(self.raw, variant))
@@ -262,6 +269,7 @@ def _variant_settings(raw: dict, variant: str) -> dict:
     spec = raw["variants"][variant]
     recipe = raw["recipes"].get(spec.get("recipe") or "", None)
     return {
+        "seed": raw["seed"],  # the default of the training and sampling seeds
         "variant": spec,
         "model": raw["models"][spec["model"]],
         "recipe": recipe,

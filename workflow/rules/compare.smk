@@ -14,8 +14,9 @@ rule compare:
     resources:
         **resources_for("compare"),
     params:
-        pair=lambda wildcards: STUDY.comparisons[wildcards.comparison],
-        settings=config["comparisons"],
+        pair=lambda wildcards: repr(STUDY.comparisons[wildcards.comparison]),
+        settings=STUDY.digest("comparisons"),
+        seed=STUDY.seed,
     script:
         "../scripts/compare.py"
 

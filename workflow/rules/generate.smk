@@ -12,8 +12,8 @@ rule generate:
         **resources_for("generate"),
     params:
         variant=lambda wildcards: STUDY.variant_hash(wildcards.variant),
-        protocol=lambda wildcards: config["protocols"][wildcards.protocol],
-        probes=lambda wildcards: config["probes"][wildcards.probe],
-        engine=config["generation"],
+        protocol=lambda wildcards: STUDY.digest("protocols", wildcards.protocol),
+        probes=lambda wildcards: STUDY.digest("probes", wildcards.probe),
+        engine=STUDY.digest("generation"),
     script:
         "../scripts/generate.py"

@@ -17,6 +17,6 @@ rule report:
     resources:
         **resources_for("report"),
     params:
-        config=config,
+        config=STUDY.digest(),
     script:
         "../scripts/report.py"

@@ -11,6 +11,6 @@ rule score:
     resources:
         **resources_for("score"),
     params:
-        scorer=lambda wildcards: config["scorers"][wildcards.scorer],
+        scorer=lambda wildcards: STUDY.digest("scorers", wildcards.scorer),
     script:
         "../scripts/score.py"

