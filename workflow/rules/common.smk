@@ -37,3 +37,9 @@ def resources_for(stage):
 def generation_inputs(wildcards):
     """The checkpoint (when it is a local directory a rule builds) and the adapter a variant needs."""
     return TARGETS.generation_inputs(wildcards.variant)
+
+
+# Gathering tables is cheap: on a cluster it runs on the submitting node, not as a job.
+localrules:
+    toxicity_table,
+    comparisons_table,
