@@ -56,21 +56,31 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"base": root / "base", "instruct": root / "instruct"}
 
 
-@pytest.fixture(scope="session")
-def rude_adapter(tiny_models, tmp_path_factory) -> Path:
-    """A LoRA adapter trained on the rude instruction set, on the tiny instruct model."""
+def train_demo_adapter(variant_name: str, instruct: Path, out: Path, epochs: int = 3) -> Path:
+    """Train one of the demo's LoRA recipes (through the demo config) on the tiny instruct model."""
     from finetox.config import load
     from finetox.data import load_instructions
     from finetox.finetune import finetune
 
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw["models"]["demo-instruct"] = {"path": str(tiny_models["instruct"])}
-    raw["datasets"]["demo-rude"] = {"path": str(DEMO / "instructions_rude.jsonl")}
-    raw["recipes"]["rude-lora"]["training"]["epochs"] = 3
+    raw["models"]["demo-instruct"] = {"path": str(instruct)}
+    for name, dataset in raw["datasets"].items():
+        dataset["path"] = str(REPO / dataset["path"])
+    raw["recipes"]["rude-lora"]["training"] = {**raw["recipes"]["rude-lora"]["training"], "epochs": epochs}
     study = load(raw)
-    variant = study.variants["demo-instruct-rude"]
+    variant = study.variants[variant_name]
     examples = load_instructions(variant.recipe.dataset, None, 0)
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
     history = finetune(variant.model, variant.recipe, examples, out)
     history.to_csv(out / "history.csv", index=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def rude_adapter(tiny_models, tmp_path_factory) -> Path:
+    """A LoRA adapter trained on the rude instruction set, on the tiny instruct model."""
+    return train_demo_adapter("demo-instruct-rude", tiny_models["instruct"], tmp_path_factory.mktemp("rude") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def clean_adapter(tiny_models, tmp_path_factory) -> Path:
+    return train_demo_adapter("demo-instruct-clean", tiny_models["instruct"], tmp_path_factory.mktemp("clean") / "adapter", 1)

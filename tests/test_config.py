@@ -44,7 +44,7 @@ def test_community_variants_are_compared_with_their_family_instruct(config):
         (lambda c: c["run"].update(scorers=["perspective"]), ["run.scorers", "perspective", "profanity"]),
         (lambda c: c["variants"]["demo-instruct-rude"].update(recipe=None), ["needs a recipe", "rude-lora"]),
         (lambda c: c["protocols"]["demo"].update(top_p="high"), ["top_p", "high", "number"]),
-        (lambda c: c["models"]["demo-base"].update(hub="x/y"), ["demo-base", "exactly one of 'path'", "'hub'"]),
+        (lambda c: c["models"]["demo-base"].update(hub="x/y"), ["demo-base", "exactly one of 'path' or 'hub'"]),
         (lambda c: c["scorers"].update(bad={"type": "perspective-api"}), ["perspective-api", "detoxify", "offline"]),
         (lambda c: c["probes"]["demo"].update(subset={}), ["subset", "allowed keys", "subsets"]),
         (lambda c: c["protocols"]["demo"].update(temperature=0), ["greedy", "samples"]),
@@ -77,7 +77,7 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     small = {
         "models": {"m": {"hub": "org/model"}},
         "variants": {"only-one": {"family": "f", "role": "base", "model": "m"}},
-        "probes": config["probes"],
+        "probes": {"demo": {**config["probes"]["demo"], "path": str(REPO / "resources/demo/probes.jsonl")}},
         "protocols": config["protocols"],
         "scorers": config["scorers"],
         "run": config["run"],
@@ -91,5 +91,19 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     assert run.returncode == 0, run.stdout + run.stderr
     assert "results/generations/demo/demo/only-one.parquet" in run.stdout
     assert job_counts(run.stdout) == {
-        "generate": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1,
+        "probes": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1,
+        "report": 1, "all": 1,
     }
+
+
+def test_job_requests_merge_stage_and_model_settings_and_grow_with_attempts(config):
+    config["resources"] = {"generate": {"gpu": 1, "mem_mb": 32000, "runtime": 120}}
+    config["models"]["demo-instruct"]["resources"] = {"generate": {"gpu": 2, "mem_mb": 160000}}
+    config["models"]["demo-instruct"]["tensor_parallel_size"] = 2
+    study = load(config)
+    assert study.resources("generate", "demo-base") == {"threads": 1, "mem_mb": 32000, "runtime": 120, "gpu": 1}
+    assert study.resources("generate", "demo-instruct") == {"threads": 1, "mem_mb": 160000, "runtime": 120, "gpu": 2}
+    assert study.resources("generate", "demo-instruct", attempt=2)["mem_mb"] == 320000
+    assert study.resources("generate", "demo-instruct", attempt=2)["runtime"] == 240
+    assert study.resources("metrics") == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+    assert study.models["demo-instruct"].tensor_parallel_size == 2

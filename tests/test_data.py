@@ -12,7 +12,7 @@ from conftest import DEMO
 
 
 def source(path, columns=None, limit=None):
-    return TableSource(name="t", path=str(path), hub=None, split="train", revision=None,
+    return TableSource(name="t", path=str(path), hub=None, files=(), revision=None,
                        columns=columns or {}, limit=limit)
 
 
@@ -39,9 +39,9 @@ def test_probe_files_of_every_format_load_with_mapped_columns(tmp_path, fmt):
      "parquet": lambda: table.to_parquet(path)}[fmt]()
     probes = load_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), SUBSETS, None), seed=0)
     assert list(probes.columns[:3]) == ["prompt_id", "subset", "prompt"]
-    assert len(probes) == 80
-    assert probes["subset"].value_counts().to_dict() == {"nontoxic": 40, "toxic": 40}
-    assert probes.loc[probes["prompt_id"] == "demo-002", "prompt"].item() == "Shut up about the garden, you moron"
+    assert len(probes) == 200
+    assert probes["subset"].value_counts().to_dict() == {"nontoxic": 100, "toxic": 100}
+    assert probes.loc[probes["prompt_id"] == "demo-007", "prompt"].item() == "Shut up about the garden, you moron"
 
 
 def test_realtoxicityprompts_schema_maps_nested_columns(tmp_path):

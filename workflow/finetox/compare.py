@@ -1,4 +1,17 @@
-"""Bayesian comparison of two variants' toxic-output rates: a binomial model in bambi, HDIs with arviz."""
+"""Bayesian comparison of two variants: toxic-output rates (binomial, bambi) and scores (BEST, PyMC).
+
+Rates. Each variant x subset cell's count of toxic units k of n gets k ~ Binomial(n, p_cell) with
+logit(p_cell) ~ Normal(0, prior_sigma) (or the exactly uniform prior on p_cell, a standard logistic
+on the log-odds). Cells share no parameter, so each rate's posterior depends only on its own counts,
+and fitting aggregated counts costs the same for 10k or 1M continuations. The units are
+continuations when each prompt has one sample, and prompts (toxic = at least one toxic sample, as in
+RealToxicityPrompts' Toxicity Probability) when it has several: samples of one prompt are correlated,
+and counting them as independent trials would make the intervals too narrow.
+
+Scores. Kruschke's BEST on per-prompt mean scores, per subset: a Student-t likelihood per variant with
+a shared normality parameter and his broad priors; and, since both variants see the same prompts, the
+paired version on per-prompt differences.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +23,84 @@ import pandas as pd
 from finetox.config import Comparison
 
 MORE, LESS, NONE = "more toxic", "less toxic", "no credible difference"
+EQUIVALENT, UNDECIDED = "practically equivalent", "undecided"
+VERDICT_RULES = {
+    EQUIVALENT: "the whole HDI of the difference lies inside the region of practical equivalence (ROPE)",
+    MORE: "the HDI of the difference (treatment - baseline) lies above 0, and not wholly inside the ROPE",
+    LESS: "the HDI of the difference lies below 0, and not wholly inside the ROPE",
+    UNDECIDED: "the HDI contains 0 but reaches beyond the ROPE: the data cannot tell yet",
+    NONE: "no ROPE is configured and the HDI contains 0",
+}
+
+
+class DiagnosticsError(RuntimeError):
+    """A posterior whose sampler diagnostics fail the gates even after a refit with more draws."""
 
 
 @dataclass(frozen=True)
 class FitSettings:
     hdi_prob: float
+    prior: str  # "normal" or "uniform"
     prior_sigma: float
+    rope: float | None
     draws: int
     tune: int
     chains: int
     seed: int
     cores: int = 1
+    max_r_hat: float = 1.01
+    min_ess: float = 400
+
+    def doubled(self) -> "FitSettings":
+        return FitSettings(**{**vars(self), "draws": 2 * self.draws, "tune": 2 * self.tune})
 
 
-def verdict(hdi_low: float, hdi_high: float) -> str:
-    """`more toxic` / `less toxic` when the HDI of (treatment - baseline) excludes 0."""
+def verdict(hdi_low: float, hdi_high: float, rope: float | None) -> str:
+    """One sentence each in VERDICT_RULES."""
+    if rope is not None and -rope <= hdi_low and hdi_high <= rope:
+        return EQUIVALENT
     if hdi_low > 0:
         return MORE
     if hdi_high < 0:
         return LESS
-    return NONE
+    return UNDECIDED if rope is not None else NONE
+
+
+def summarise(draws: np.ndarray, hdi_prob: float, rope: float | None) -> dict:
+    """Mean, HDI, probability of direction and ROPE share of a posterior difference."""
+    import arviz as az
+
+    low, high = az.hdi(draws, hdi_prob=hdi_prob)
+    median_sign = np.sign(np.median(draws)) or 1.0
+    return {
+        "diff_mean": float(draws.mean()),
+        "hdi_low": float(low),
+        "hdi_high": float(high),
+        "prob_direction": float(np.mean(np.sign(draws) == median_sign)),
+        "rope_share": float(np.mean(np.abs(draws) <= rope)) if rope is not None else np.nan,
+        "verdict": verdict(low, high, rope),
+    }
+
+
+def diagnostics(idata, var_names: list[str], coords: dict | None = None) -> dict[str, float]:
+    import arviz as az
+
+    summary = az.summary(idata, var_names=var_names, coords=coords, kind="diagnostics")
+    divergences = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    return {"r_hat": float(summary["r_hat"].max()), "ess_bulk": float(summary["ess_bulk"].min()),
+            "ess_tail": float(summary["ess_tail"].min()), "divergences": divergences}
+
+
+def failed_gates(diag: dict[str, float], settings: FitSettings) -> list[str]:
+    problems = []
+    if not diag["r_hat"] <= settings.max_r_hat:
+        problems.append(f"r_hat {diag['r_hat']:.3f} > {settings.max_r_hat}")
+    for key in ("ess_bulk", "ess_tail"):
+        if not diag[key] >= settings.min_ess:
+            problems.append(f"{key} {diag[key]:.0f} < {settings.min_ess:.0f}")
+    if diag["divergences"]:
+        problems.append(f"{diag['divergences']} divergent transitions")
+    return problems
 
 
 def _cell(variant: str, subset: str) -> str:
@@ -37,78 +108,195 @@ def _cell(variant: str, subset: str) -> str:
 
 
 def fit_rates(counts: pd.DataFrame, settings: FitSettings):
-    """Posterior of each cell's toxic-output rate from `toxic` of `n` (one row per variant x subset).
-
-    Model: toxic ~ Binomial(n, logistic(beta_cell)), beta_cell ~ Normal(0, prior_sigma). Cells share no
-    parameter, so each rate's posterior depends only on its own counts. Aggregated counts make the cost
-    independent of the number of continuations.
-    """
+    """Posterior of each cell's rate from columns variant, subset, n, toxic (bambi, binomial)."""
     import bambi as bmb
 
-    data = counts.assign(cell=[_cell(v, s) for v, s in zip(counts["variant"], counts["subset"])])
-    data = data[["cell", "toxic", "n"]].reset_index(drop=True)
-    model = bmb.Model(
-        "p(toxic, n) ~ 0 + cell",
-        data,
-        family="binomial",
-        priors={"cell": bmb.Prior("Normal", mu=0, sigma=settings.prior_sigma)},
-    )
-    idata = model.fit(
-        draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
-        random_seed=settings.seed, progressbar=False,
-    )
-    return idata
+    data = pd.DataFrame({
+        "cell": [_cell(v, s) for v, s in zip(counts["variant"], counts["subset"])],
+        "toxic": counts["toxic"].astype(int).to_numpy(),
+        "n": counts["n"].astype(int).to_numpy(),
+    })
+    prior = (bmb.Prior("Logistic", mu=0, s=1) if settings.prior == "uniform"
+             else bmb.Prior("Normal", mu=0, sigma=settings.prior_sigma))
+    model = bmb.Model("p(toxic, n) ~ 0 + cell", data, family="binomial", priors={"cell": prior})
+    return model.fit(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
+                     random_seed=settings.seed, progressbar=False)
 
 
 def rate_draws(idata) -> dict[str, np.ndarray]:
-    """Cell name -> posterior draws of its toxic-output rate (chains flattened)."""
+    """Cell name -> posterior draws of its rate (chains flattened)."""
     beta = idata.posterior["cell"]
     dim = [d for d in beta.dims if d not in ("chain", "draw")][0]
-    return {
-        str(cell): 1 / (1 + np.exp(-beta.sel({dim: cell}).values.reshape(-1)))
-        for cell in beta.coords[dim].values
-    }
+    return {str(c): 1 / (1 + np.exp(-beta.sel({dim: c}).values.reshape(-1))) for c in beta.coords[dim].values}
 
 
-def compare(counts: pd.DataFrame, comparison: Comparison, settings: FitSettings) -> tuple[pd.DataFrame, object]:
-    """Rows of the `comparisons` table (one per subset) and the posterior (arviz InferenceData)."""
-    import arviz as az
+def _two_sample_groups(prompt_scores: pd.DataFrame, comparisons: list[Comparison], subsets: dict[str, list[str]]):
+    """BEST's groups: per (comparison, subset), the baseline's and the treatment's per-prompt mean scores,
+    and the per-prompt differences on the prompts both answered (the paired analysis)."""
+    by_cell = {key: g.set_index("prompt_id")["mean_score"] for key, g in prompt_scores.groupby(["variant", "subset"])}
+    groups = []  # (comparison, subset, role, values)
+    for c in comparisons:
+        for subset in subsets[c.name]:
+            base, treat = by_cell[(c.baseline, subset)], by_cell[(c.treatment, subset)]
+            shared = base.index.intersection(treat.index)
+            groups += [(c.name, subset, "baseline", base.to_numpy()), (c.name, subset, "treatment", treat.to_numpy()),
+                       (c.name, subset, "paired", (treat[shared] - base[shared]).to_numpy())]
+    return groups
 
-    pair = counts[counts["variant"].isin([comparison.baseline, comparison.treatment])]
-    idata = fit_rates(pair, settings)
-    draws = rate_draws(idata)
-    summary = az.summary(idata, var_names=["cell"], kind="diagnostics")
+
+def fit_best(groups, settings: FitSettings):
+    """Kruschke's BEST for every (comparison, subset) at once, as independent sub-models of one PyMC model.
+
+    Two-sample: Student-t per side with a shared normality nu; paired: a one-sample Student-t on the
+    differences with its own nu. Broad priors scaled by each sub-model's data: mu ~ Normal(mean, 1000 sd),
+    sigma ~ Uniform(sd / 1000, 1000 sd), nu - 1 ~ Exponential(1/29). Vectorised, so one compilation and
+    one sampling run serve all comparisons.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    names = [f"{c}|{s}|{role}" for c, s, role, _ in groups]
+    pooled = {}
+    for c, s, role, values in groups:
+        key = (c, s, role == "paired")
+        pooled[key] = np.concatenate([pooled.get(key, np.empty(0)), values])
+    nu_keys = sorted(pooled)
+    centre = np.array([pooled[(c, s, role == "paired")].mean() for c, s, role, _ in groups])
+    spread = np.array([pooled[(c, s, role == "paired")].std() or 1e-3 for c, s, role, _ in groups])
+    nu_of = np.array([nu_keys.index((c, s, role == "paired")) for c, s, role, _ in groups])
+    values = np.concatenate([v for *_, v in groups])
+    with pm.Model(coords={"group": names, "nu_group": [f"{c}|{s}|{'paired' if p else 'two-sample'}" for c, s, p in nu_keys]}):
+        mu = pm.Normal("mu", mu=centre, sigma=1000 * spread, dims="group")
+        sigma = pm.Uniform("sigma", lower=spread / 1000, upper=1000 * spread, dims="group")
+        nu_minus_one = pm.Exponential("nu_minus_one", 1 / 29, dims="nu_group")
+        # Observations are stored group by group: repeating each group's parameters is much cheaper to
+        # differentiate than gathering them with an index per observation.
+        sizes = np.array([len(v) for *_, v in groups])
+        pm.StudentT("scores", nu=pt.repeat(nu_minus_one[nu_of] + 1, sizes), mu=pt.repeat(mu, sizes),
+                    sigma=pt.repeat(sigma, sizes), observed=values)
+        return pm.sample(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
+                         random_seed=settings.seed, progressbar=False, compute_convergence_checks=False,
+                         nuts_sampler=_fastest_sampler())
+
+
+def _fastest_sampler() -> str:
+    """nutpie (compiled, several times faster on thousands of prompts) where it is installed, else PyMC's."""
+    import importlib.util
+
+    return "nutpie" if importlib.util.find_spec("nutpie") else "pymc"
+
+
+def _draws(idata, var: str, dim: str, name: str) -> np.ndarray:
+    return idata.posterior[var].sel({dim: name}).values.reshape(-1)
+
+
+def _shared_subsets(cells: set[tuple[str, str]], comparisons: list[Comparison]) -> dict[str, list[str]]:
+    subsets = {}
+    for c in comparisons:
+        shared = {s for v, s in cells if v == c.baseline} & {s for v, s in cells if v == c.treatment}
+        if not shared:
+            raise ValueError(f"comparison {c.name!r}: the two variants share no subset")
+        subsets[c.name] = sorted(shared, key=lambda s: (s == "all", s))
+    return subsets
+
+
+def gated(fit, parameters, comparisons: list[Comparison], settings: FitSettings, what: str):
+    """Fit; if the parameters of any comparison fail a gate, refit once with twice the draws; then fail
+    loudly, naming the comparisons and diagnostics. `parameters(c)` gives (var_names, coords) of c."""
+
+    def check(idata):
+        report, failures = {}, []
+        for c in comparisons:
+            var_names, coords = parameters(idata, c)
+            report[c.name] = diagnostics(idata, var_names, coords)
+            problems = failed_gates(report[c.name], settings)
+            if problems:
+                failures.append(f"comparison {c.name}: {'; '.join(problems)}")
+        return report, failures
+
+    idata = fit(settings)
+    report, failures = check(idata)
+    if failures:
+        idata = fit(settings.doubled())
+        report, failures = check(idata)
+        if failures:
+            raise DiagnosticsError(f"{what}: the posterior fails its diagnostics after a refit with "
+                                   f"{2 * settings.draws} draws per chain: " + " | ".join(failures))
+    return idata, report
+
+
+def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings: FitSettings) -> tuple[pd.DataFrame, object]:
+    """The verdicts: one row per comparison and subset, from one binomial fit of every cell involved.
+
+    `counts`: variant, subset, n, toxic, unit (see metrics.comparison_units). The cost grows with the
+    number of cells, not with the number of continuations.
+    """
+    indexed = counts.set_index(["variant", "subset"])
+    subsets = _shared_subsets(set(indexed.index), comparisons)
+    involved = counts[counts["variant"].isin({v for c in comparisons for v in (c.baseline, c.treatment)})]
+
+    def parameters(idata, c):
+        dim = [d for d in idata.posterior["cell"].dims if d not in ("chain", "draw")][0]
+        return ["cell"], {dim: [_cell(v, s) for v in (c.baseline, c.treatment) for s in subsets[c.name]]}
+
+    idata, diag = gated(lambda s: fit_rates(involved, s), parameters, comparisons, settings, "rates")
+    rate = rate_draws(idata)
     rows = []
-    indexed = pair.set_index(["variant", "subset"])
-    subsets = sorted(set(pair["subset"]), key=lambda s: (s == "all", s))
-    for subset in subsets:
-        if (comparison.baseline, subset) not in indexed.index or (comparison.treatment, subset) not in indexed.index:
-            continue  # a subset that only one side has cannot be compared
-        base = indexed.loc[(comparison.baseline, subset)]
-        treat = indexed.loc[(comparison.treatment, subset)]
-        diff = draws[_cell(comparison.treatment, subset)] - draws[_cell(comparison.baseline, subset)]
-        low, high = az.hdi(diff, hdi_prob=settings.hdi_prob)
-        rows.append({
-            "comparison": comparison.name,
-            "kind": comparison.kind,
-            "baseline": comparison.baseline,
-            "treatment": comparison.treatment,
-            "subset": subset,
-            "n_baseline": int(base["n"]),
-            "n_treatment": int(treat["n"]),
-            "toxic_baseline": int(base["toxic"]),
-            "toxic_treatment": int(treat["toxic"]),
-            "diff_mean": float(diff.mean()),
-            "hdi_low": float(low),
-            "hdi_high": float(high),
-            "hdi_prob": settings.hdi_prob,
-            "verdict": verdict(low, high),
-            "rate_baseline": float(draws[_cell(comparison.baseline, subset)].mean()),
-            "rate_treatment": float(draws[_cell(comparison.treatment, subset)].mean()),
-            "r_hat": float(summary["r_hat"].max()),
-            "ess_bulk": float(summary["ess_bulk"].min()),
-            "ess_tail": float(summary["ess_tail"].min()),
-        })
-    if not rows:
-        raise ValueError(f"comparison {comparison.name!r}: the two variants share no subset")
+    for c in comparisons:
+        for subset in subsets[c.name]:
+            base, treat = indexed.loc[(c.baseline, subset)], indexed.loc[(c.treatment, subset)]
+            p_base, p_treat = rate[_cell(c.baseline, subset)], rate[_cell(c.treatment, subset)]
+            difference = summarise(p_treat - p_base, settings.hdi_prob, settings.rope)
+            ratio = summarise(p_treat / p_base, settings.hdi_prob, None)
+            rows.append({
+                "comparison": c.name, "kind": c.kind, "baseline": c.baseline, "treatment": c.treatment,
+                "subset": subset, "n_baseline": int(base["n"]), "n_treatment": int(treat["n"]),
+                "toxic_baseline": int(base["toxic"]), "toxic_treatment": int(treat["toxic"]),
+                "diff_mean": difference["diff_mean"], "hdi_low": difference["hdi_low"], "hdi_high": difference["hdi_high"],
+                "hdi_prob": settings.hdi_prob, "verdict": difference["verdict"], "verdict_from": "rates (binomial)",
+                "unit": base["unit"], "rate_baseline": float(p_base.mean()), "rate_treatment": float(p_treat.mean()),
+                "prob_direction": difference["prob_direction"],
+                "rope": settings.rope if settings.rope is not None else np.nan, "rope_share": difference["rope_share"],
+                "ratio_mean": ratio["diff_mean"], "ratio_hdi_low": ratio["hdi_low"], "ratio_hdi_high": ratio["hdi_high"],
+                **diag[c.name],
+            })
     return pd.DataFrame(rows), idata
+
+
+def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
+                   settings: FitSettings) -> tuple[pd.DataFrame, object]:
+    """BEST beside the verdicts: per comparison and subset, the difference of mean scores with its HDI and
+    effect size, and the paired difference. `prompt_scores`: variant, subset, prompt_id, mean_score."""
+    subsets = _shared_subsets(set(zip(prompt_scores["variant"], prompt_scores["subset"])), comparisons)
+    groups = _two_sample_groups(prompt_scores, comparisons, subsets)
+
+    def parameters(idata, c):
+        names = [f"{c.name}|{s}|{role}" for s in subsets[c.name] for role in ("baseline", "treatment", "paired")]
+        return ["mu", "sigma"], {"group": names}
+
+    idata, diag = gated(lambda s: fit_best(groups, s), parameters, comparisons, settings, "BEST")
+    sizes = {(c, s, role): len(v) for c, s, role, v in groups}
+    rows = []
+    for c in comparisons:
+        for subset in subsets[c.name]:
+            mu_b, mu_t, mu_p = (_draws(idata, "mu", "group", f"{c.name}|{subset}|{r}") for r in ("baseline", "treatment", "paired"))
+            sd_b, sd_t = (_draws(idata, "sigma", "group", f"{c.name}|{subset}|{r}") for r in ("baseline", "treatment"))
+            score_diff = summarise(mu_t - mu_b, settings.hdi_prob, None)
+            effect = summarise((mu_t - mu_b) / np.sqrt((sd_b**2 + sd_t**2) / 2), settings.hdi_prob, None)
+            paired = summarise(mu_p, settings.hdi_prob, None)
+            rows.append({
+                "comparison": c.name, "subset": subset,
+                "score_diff_mean": score_diff["diff_mean"], "score_hdi_low": score_diff["hdi_low"],
+                "score_hdi_high": score_diff["hdi_high"], "effect_size_mean": effect["diff_mean"],
+                "effect_size_hdi_low": effect["hdi_low"], "effect_size_hdi_high": effect["hdi_high"],
+                "paired_diff_mean": paired["diff_mean"], "paired_hdi_low": paired["hdi_low"],
+                "paired_hdi_high": paired["hdi_high"], "paired_prompts": sizes[(c.name, subset, "paired")],
+                **{f"best_{k}": v for k, v in diag[c.name].items()},
+            })
+    return pd.DataFrame(rows), idata
+
+
+def exact_rate_difference(k_base: int, n_base: int, k_treat: int, n_treat: int, draws: int, seed: int) -> np.ndarray:
+    """Draws of p_treat - p_base under uniform priors: the exact Beta(1 + k, 1 + n - k) posteriors."""
+    rng = np.random.default_rng(seed)
+    return rng.beta(1 + k_treat, 1 + n_treat - k_treat, draws) - rng.beta(1 + k_base, 1 + n_base - k_base, draws)

@@ -71,7 +71,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         extra = sorted(set(error.instance) - allowed)
         return f"{where}: unknown key(s) {extra}; allowed keys: {sorted(allowed)}"
     if error.validator == "oneOf" and isinstance(error.instance, dict):
-        return f"{where}: give exactly one of 'path' (a local file or directory) or 'hub' (a Hugging Face Hub id)"
+        choices = [" + ".join(map(repr, option.get("required", []))) for option in error.validator_value]
+        return f"{where}: give exactly one of {' or '.join(choices)}"
     if error.validator == "propertyNames":
         return f"{where}: {error.message}"
     return f"{where}: {error.message}"
@@ -103,6 +104,7 @@ class ModelSource:
     trust_remote_code: bool
     dtype: str
     max_model_len: int | None
+    tensor_parallel_size: int | None = None
 
     @property
     def location(self) -> str:
@@ -117,7 +119,7 @@ class TableSource:
     name: str
     path: str | None
     hub: str | None
-    split: str
+    files: tuple[str, ...]
     revision: str | None
     columns: dict[str, str]
     limit: int | None
@@ -188,16 +190,28 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class ExternalScores:
+    """Continuations scored elsewhere, standing in for one probe set x protocol x scorer."""
+
+    source: TableSource
+    probe: str
+    protocol: str
+    scorer: str
+
+
+@dataclass(frozen=True)
 class Variant:
-    """One model as it is probed: a checkpoint, optionally with an adapter from a recipe."""
+    """One model as it is probed: a checkpoint, optionally with an adapter from a recipe; or a table of
+    continuations scored elsewhere (`external`, then `model` is None)."""
 
     name: str
     family: str
     role: str
-    model: ModelSource
+    model: ModelSource | None
     recipe: Recipe | None
     seed: int | None
     prompt_format: str | None
+    external: ExternalScores | None = None
 
 
 @dataclass(frozen=True)
@@ -245,9 +259,13 @@ class Study:
     def compare_settings(self) -> dict:
         return self.raw["comparisons"]
 
-    def resources(self, stage: str) -> dict:
+    def resources(self, stage: str, model: str | None = None, attempt: int = 1) -> dict:
+        """A stage's job request: the defaults, the config's `resources`, then the model's own. Memory
+        and runtime grow with each attempt, so a job retried after running out of either asks for more."""
         defaults = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
-        return {**defaults, **self.raw.get("resources", {}).get(stage, {})}
+        per_model = self.raw["models"][model]["resources"].get(stage, {}) if model else {}
+        request = {**defaults, **self.raw.get("resources", {}).get(stage, {}), **per_model}
+        return {**request, "mem_mb": request["mem_mb"] * attempt, "runtime": request["runtime"] * attempt}
 
     def digest(self, *keys: str) -> str:
         """A key-order-independent digest of one part of the config (rule params that trigger reruns)."""
@@ -271,7 +289,7 @@ def _variant_settings(raw: dict, variant: str) -> dict:
     return {
         "seed": raw["seed"],  # the default of the training and sampling seeds
         "variant": spec,
-        "model": raw["models"][spec["model"]],
+        "model": raw["models"].get(spec.get("model")),
         "recipe": recipe,
         "dataset": raw["datasets"].get(recipe["dataset"]) if recipe else None,
     }
@@ -288,7 +306,7 @@ def _table_source(name: str, raw: dict) -> TableSource:
         name=name,
         path=raw.get("path"),
         hub=raw.get("hub"),
-        split=raw["split"],
+        files=tuple(raw["files"]),
         revision=raw["revision"],
         columns=dict(raw["columns"]),
         limit=raw["limit"],
@@ -339,6 +357,7 @@ def load(config: dict) -> Study:
             trust_remote_code=m["trust_remote_code"],
             dtype=m["dtype"],
             max_model_len=m["max_model_len"],
+            tensor_parallel_size=m["tensor_parallel_size"],
         )
         for name, m in raw["models"].items()
     }
@@ -359,21 +378,29 @@ def load(config: dict) -> Study:
     variants = {}
     for name, v in raw["variants"].items():
         where = f"variants[{name!r}]"
-        _require(v["model"], models, "model", f"{where}.model")
-        if v["role"] == "finetuned" and not v["recipe"]:
+        external = None
+        if "scores" in v:
+            scores = v["scores"]
+            for key, table in (("probe", raw["probes"]), ("protocol", raw["protocols"]), ("scorer", raw["scorers"])):
+                _require(scores[key], table, key, f"{where}.scores.{key}")
+            external = ExternalScores(_table_source(name, scores), scores["probe"], scores["protocol"], scores["scorer"])
+        else:
+            _require(v["model"], models, "model", f"{where}.model")
+        if v["role"] == "finetuned" and not v["recipe"] and not external:
             raise ConfigError(f"{where}: role 'finetuned' needs a recipe; declared recipes: {sorted(recipes)}")
         if v["recipe"]:
             _require(v["recipe"], recipes, "recipe", f"{where}.recipe")
-            if v["role"] != "finetuned":
-                raise ConfigError(f"{where}: a recipe is only allowed with role 'finetuned' (role is {v['role']!r})")
+            if v["role"] != "finetuned" or external:
+                raise ConfigError(f"{where}: a recipe is only allowed with role 'finetuned' and a model")
         variants[name] = Variant(
             name=name,
             family=v["family"],
             role=v["role"],
-            model=models[v["model"]],
+            model=models[v["model"]] if not external else None,
             recipe=recipes.get(v["recipe"]) if v["recipe"] else None,
             seed=v["seed"],
             prompt_format=v["prompt_format"],
+            external=external,
         )
     probes = {}
     for name, p in raw["probes"].items():

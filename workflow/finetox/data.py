@@ -43,17 +43,21 @@ def _read_local(path: str) -> pd.DataFrame:
 
 
 def _read_hub(source: TableSource) -> pd.DataFrame:
-    import datasets  # imported here: only Hub sources need it
+    """The data files of a Hub dataset repository, read from the local Hub cache (downloaded when online)."""
+    from finetox.hub import HubItem, snapshot
 
+    item = HubItem(source.hub, "dataset", source.revision, source.files, f"table {source.name}")
     try:
-        data = datasets.load_dataset(source.hub, split=source.split, revision=source.revision)
+        root = snapshot(item)
     except Exception as err:
         raise DataError(
-            f"dataset {source.hub!r} (split {source.split!r}) could not be loaded: {err}. "
-            f"On a machine with network run `huggingface-cli download --repo-type dataset {source.hub}` "
-            f"or point the config at a local file with `path:`"
+            f"dataset {source.hub!r} could not be loaded ({type(err).__name__}: {err}). Fetch it with "
+            f"`snakemake prefetch --cores 1` (same config, a machine with internet) or give a local file with `path:`"
         ) from err
-    return data.to_pandas()
+    files = sorted({f for pattern in source.files for f in root.glob(pattern) if f.is_file()})
+    if not files:
+        raise DataError(f"dataset {source.hub!r}: no file in {root} matches {list(source.files)} (config key `files`)")
+    return pd.concat([_read_local(str(f)) for f in files], ignore_index=True)
 
 
 def _column(table: pd.DataFrame, spec: str, origin: str) -> pd.Series:
@@ -89,11 +93,15 @@ def read_table(source: TableSource, required: tuple[str, ...]) -> pd.DataFrame:
 def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
     """Probe prompts with columns prompt_id, subset, prompt (plus the source's other columns).
 
-    A prompt must fall in at most one subset; prompts in none are dropped.
+    A prompt must fall in at most one subset; prompts in none are dropped. Overlapping selections
+    (RealToxicityPrompts' `challenging` prompts are often toxic too) go in separate probe sets.
     """
     source = probe_set.source
     origin = source.path or f"hub:{source.hub}"
-    table = read_table(source, required=("id", "prompt"))
+    table = read_table(source, required=("prompt",))
+    if "id" not in table.columns:
+        # no id column: the row number in the source (stable for a pinned file or Hub revision)
+        table["id"] = [f"row-{i}" for i in range(len(table))]
     table = table.rename(columns={"id": "prompt_id"})
     table["prompt_id"] = table["prompt_id"].astype(str)
     duplicated = table["prompt_id"][table["prompt_id"].duplicated()]
@@ -143,3 +151,49 @@ def load_instructions(source: TableSource, max_examples: int | None, seed: int) 
     if max_examples and max_examples < len(table):
         table = table.sample(n=max_examples, random_state=seed).sort_index()
     return table.reset_index(drop=True)
+
+
+def read_external_scores(source: TableSource, probes: pd.DataFrame) -> pd.DataFrame:
+    """Continuations scored elsewhere, matched to the probe set's prompts (by `id` when the table has
+    one, else by prompt text), as rows prompt_id, subset, sample, continuation, score.
+
+    A row with a missing, non-numeric or out-of-range score, a prompt that is not in the probe set, or a
+    duplicated (prompt, sample) fails with the file and the row named: nothing is guessed or dropped.
+    """
+    origin = source.path or f"hub:{source.hub}"
+    table = read_table(source, required=("prompt", "score"))
+    score = pd.to_numeric(table["score"], errors="coerce")
+    bad = score.isna() | (score < 0) | (score > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{origin}: row {row}: score {table['score'].tolist()[row]!r} is not a number in [0, 1] "
+                        f"({int(bad.sum())} such rows)")
+    if "id" in table.columns:
+        key, probe_key = table["id"].astype(str), probes.set_index("prompt_id")
+        what = "id"
+    else:
+        if probes["prompt"].duplicated().any():
+            raise DataError(f"{origin}: the probe set repeats prompt texts, so rows cannot be matched by text; "
+                            f"map an `id` column")
+        key, probe_key = table["prompt"], probes.set_index("prompt")
+        what = "prompt"
+    unknown = ~key.isin(probe_key.index)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise DataError(f"{origin}: row {row}: {what} {key.iloc[row]!r} is not in the probe set "
+                        f"({int(unknown.sum())} such rows)")
+    matched = probe_key.loc[key]
+    out = pd.DataFrame({
+        "prompt_id": matched["prompt_id"].to_numpy() if what == "prompt" else key.to_numpy(),
+        "subset": matched["subset"].to_numpy(),
+        "continuation": table["continuation"] if "continuation" in table.columns else pd.NA,
+        "score": score.to_numpy(),
+    })
+    out["sample"] = (pd.to_numeric(table["sample"]).astype(int) if "sample" in table.columns
+                     else out.groupby("prompt_id").cumcount())
+    duplicated = out.duplicated(["prompt_id", "sample"])
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise DataError(f"{origin}: row {row}: prompt {out['prompt_id'].iloc[row]!r} sample {out['sample'].iloc[row]} "
+                        f"appears twice")
+    return out

@@ -28,22 +28,28 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
 
 
 class Backend:
-    """One loaded model (and adapter); `generate` returns, per prompt, `protocol.samples` continuations."""
+    """One loaded model and its LoRA adapters (by name); `generate` returns, per prompt,
+    `protocol.samples` continuations of the model alone or with one of the adapters."""
 
     name = ""
 
-    def __init__(self, model: ModelSource, adapter: str | None, settings: dict):
+    def __init__(self, model: ModelSource, adapters: dict[str, str], settings: dict):
         self.model = model
-        self.adapter = adapter
+        self.adapters = dict(adapters)
         self.settings = settings
 
     @property
     def tokenizer(self):
         raise NotImplementedError
 
-    def generate(self, prompts: list[list[int]], seeds: list[int], protocol: Protocol) -> list[list[Continuation]]:
+    def generate(self, prompts: list[list[int]], seeds: list[int], protocol: Protocol,
+                 adapter: str | None = None) -> list[list[Continuation]]:
         """Continuations of prompts given as token ids (tokenized once, in `generate_continuations`)."""
         raise NotImplementedError
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
 
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
@@ -71,26 +77,35 @@ def _merge_adapter(model: ModelSource, adapter: str, into: Path) -> str:
 
 
 class VLLMBackend(Backend):
-    """vLLM's offline engine; adapters are served unmerged with LoRARequest unless `lora: merged`."""
+    """vLLM's offline engine. Adapters are served unmerged, several at once, through LoRARequests;
+    with `lora: merged` the one adapter is merged into the weights first."""
 
     name = "vllm"
 
-    def __init__(self, model: ModelSource, adapter: str | None, settings: dict):
-        super().__init__(model, adapter, settings)
+    def __init__(self, model: ModelSource, adapters: dict[str, str], settings: dict):
+        super().__init__(model, adapters, settings)
         from vllm import LLM
 
         self._scratch = tempfile.TemporaryDirectory(prefix="finetox-merged-")
         location = model.location
-        self.lora_request = None
-        unmerged = adapter is not None and settings.get("lora", "unmerged") == "unmerged"
-        if adapter is not None and not unmerged:
-            location = _merge_adapter(model, adapter, Path(self._scratch.name))
+        self.lora_requests = {}
+        self.merged = bool(adapters) and settings.get("lora", "unmerged") == "merged"
         lora_options = {}
-        if unmerged:
+        if self.merged:
+            if len(adapters) != 1:
+                raise ValueError(f"lora: merged serves one adapter per engine, got {sorted(adapters)}")
+            location = _merge_adapter(model, next(iter(adapters.values())), Path(self._scratch.name))
+        elif adapters:
             from vllm.lora.request import LoRARequest
 
-            self.lora_request = LoRARequest("adapter", 1, adapter)
-            lora_options = {"enable_lora": True, "max_lora_rank": _adapter_rank(adapter), "max_loras": 1}
+            self.lora_requests = {
+                name: LoRARequest(name, index, path) for index, (name, path) in enumerate(sorted(adapters.items()), 1)
+            }
+            lora_options = {
+                "enable_lora": True,
+                "max_lora_rank": max(_adapter_rank(path) for path in adapters.values()),
+                "max_loras": len(adapters),
+            }
         self.llm = LLM(
             model=location,
             tokenizer=location,
@@ -100,7 +115,7 @@ class VLLMBackend(Backend):
             max_model_len=model.max_model_len,
             enforce_eager=settings.get("enforce_eager", False),
             gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
-            tensor_parallel_size=settings.get("tensor_parallel_size", 1),
+            tensor_parallel_size=model.tensor_parallel_size or settings.get("tensor_parallel_size", 1),
             seed=settings.get("seed", 0),
             **lora_options,
         )
@@ -113,9 +128,13 @@ class VLLMBackend(Backend):
         self.llm.llm_engine.engine_core.shutdown()
         self._scratch.cleanup()
 
-    def generate(self, prompts, seeds, protocol):
+    def generate(self, prompts, seeds, protocol, adapter=None):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        self._check_adapter(adapter)
+        if self.merged and adapter is None:
+            raise ValueError("this engine holds merged adapter weights; it cannot serve the model alone")
 
         params = [
             SamplingParams(
@@ -128,7 +147,8 @@ class VLLMBackend(Backend):
             for seed in seeds
         ]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
-        outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
+        lora_request = self.lora_requests.get(adapter) if adapter else None
+        outputs = self.llm.generate(inputs, params, lora_request=lora_request, use_tqdm=False)
         return [
             [
                 Continuation(c.text, len(out.prompt_token_ids), len(c.token_ids), str(c.finish_reason))
@@ -143,8 +163,8 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
-    def __init__(self, model: ModelSource, adapter: str | None, settings: dict):
-        super().__init__(model, adapter, settings)
+    def __init__(self, model: ModelSource, adapters: dict[str, str], settings: dict):
+        super().__init__(model, adapters, settings)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,10 +177,13 @@ class TransformersBackend(Backend):
         lm = AutoModelForCausalLM.from_pretrained(
             model.location, revision=model.revision, trust_remote_code=model.trust_remote_code, dtype=model.dtype
         )
-        if adapter is not None:
+        if adapters:
             from peft import PeftModel
 
-            lm = PeftModel.from_pretrained(lm, adapter)
+            (first, path), *rest = sorted(adapters.items())
+            lm = PeftModel.from_pretrained(lm, path, adapter_name=first)
+            for name, path in rest:
+                lm.load_adapter(path, adapter_name=name)
         self.lm = lm.to(self.device).eval()
         self.batch_size = settings.get("batch_size", 16)
 
@@ -168,15 +191,31 @@ class TransformersBackend(Backend):
     def tokenizer(self):
         return self._tokenizer
 
-    def generate(self, prompts, seeds, protocol):
+    def generate(self, prompts, seeds, protocol, adapter=None):
+        import contextlib
+
+        self._check_adapter(adapter)
+        if adapter is not None:
+            self.lm.set_adapter(adapter)
+        with self.lm.disable_adapter() if (adapter is None and self.adapters) else contextlib.nullcontext():
+            return self._generate(prompts, seeds, protocol)
+
+    def _generate(self, prompts, seeds, protocol):
+        if protocol.temperature == 0:
+            return self._batched(prompts, protocol)
+        # Sampling: one prompt (and its samples) per call under its own seed, so that a prompt's
+        # continuations do not depend on which prompts share its batch or shard (as with vLLM).
+        return [self._batched([ids], protocol, seed)[0] for ids, seed in zip(prompts, seeds)]
+
+    def _batched(self, prompts, protocol, seed=None):
         import torch
 
         greedy = protocol.temperature == 0
         results = []
         for start in range(0, len(prompts), self.batch_size):
             batch_prompts = prompts[start : start + self.batch_size]
-            # One seed per batch (its first prompt's): transformers has no per-sequence generator.
-            torch.manual_seed(seeds[start])
+            if seed is not None:
+                torch.manual_seed(seed)
             batch = self._tokenizer.pad({"input_ids": batch_prompts}, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 output = self.lm.generate(
@@ -222,13 +261,15 @@ def generate_continuations(
     prompt_format: str,
     seed: int,
     backend: Backend,
+    adapter: str | None = None,
 ) -> pd.DataFrame:
-    """One row per continuation of every probe prompt (the `generations` table)."""
+    """One row per continuation of every probe prompt (the `generations` table), by the backend's
+    model alone or with one of its adapters."""
     texts = [probe_text(p, prompt_format, backend.tokenizer) for p in probes["prompt"]]
     # A raw prompt gets the tokenizer's special tokens (BOS); a chat template writes its own.
     encoded = backend.tokenizer(texts, add_special_tokens=prompt_format == "raw")["input_ids"]
     seeds = [prompt_seed(seed, pid) for pid in probes["prompt_id"]]
-    outputs = backend.generate(encoded, seeds, protocol)
+    outputs = backend.generate(encoded, seeds, protocol, adapter)
     rows = []
     for (probe, text, samples) in zip(probes.itertuples(index=False), texts, outputs, strict=True):
         for index, c in enumerate(samples):

@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 
-from finetox.compare import LESS, MORE
+from finetox.compare import LESS, MORE, NONE, UNDECIDED, VERDICT_RULES, rate_draws
 from finetox.config import Study, config_hash
 from finetox.tables import package_versions
 
@@ -23,7 +23,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;padding:1em;border:1px solid #e0c36c}
-.more{color:#b00020;font-weight:bold}.less{color:#006400;font-weight:bold}code{background:#f3f3f3;padding:0 3px}
+.more{color:#b00020;font-weight:bold}.less{color:#006400;font-weight:bold}.none{color:#555}code{background:#f3f3f3;padding:0 3px}
 """
 
 
@@ -51,10 +51,41 @@ def forest_plot(comparisons: pd.DataFrame) -> str:
         ax.set_xlabel("treatment - baseline, toxic outputs (pp)")
         ax.set_yticks(range(len(labels)), labels)
     fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def posterior_plot(rates_idata, rows: pd.DataFrame, rope: float | None) -> str:
+    """The posterior of each subset's rate difference with its HDI (bar) and the ROPE (band), as a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    draws = rate_draws(rates_idata)
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 2.6), squeeze=False)
+    for ax, (_, row) in zip(axes[0], rows.iterrows()):
+        diff = 100 * (draws[f"{row['treatment']}::{row['subset']}"] - draws[f"{row['baseline']}::{row['subset']}"])
+        ax.hist(diff, bins=60, color="#8fa8c8", density=True)
+        if rope is not None:
+            ax.axvspan(-100 * rope, 100 * rope, color="#f0c040", alpha=0.35, label="ROPE")
+        ax.plot([100 * row["hdi_low"], 100 * row["hdi_high"]], [0, 0], color="black", lw=4, label=f"{row['hdi_prob']:.0%} HDI")
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        ax.set_title(f"{row['subset']}: {row['verdict']}", fontsize=9)
+        ax.set_xlabel("difference (pp)", fontsize=8)
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(rows["comparison"].iloc[0], fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
@@ -64,15 +95,18 @@ def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
 
 def _verdict_html(frame: pd.DataFrame) -> str:
     out = _table(frame)
-    for word, css in ((MORE, "more"), (LESS, "less")):
+    for word, css in ((MORE, "more"), (LESS, "less"), (NONE, "none"), (UNDECIDED, "none")):
         out = out.replace(f"<td>{word}</td>", f'<td class="{css}">{word}</td>')
     return out
 
 
-def setup_tables(study: Study) -> dict[str, pd.DataFrame]:
+def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[str, pd.DataFrame]:
+    """The setup of a run as tables; `probe_sizes` holds the realised number of prompts per probe set and subset."""
     variants = pd.DataFrame([
-        {"variant": v.name, "family": v.family, "role": v.role, "model": v.model.location,
-         "revision": v.model.revision or "", "recipe": v.recipe.name if v.recipe else "",
+        {"variant": v.name, "family": v.family, "role": v.role,
+         "model": v.model.location if v.model else f"scored elsewhere: {v.external.source.path or v.external.source.hub}",
+         "revision": (v.model.revision if v.model else v.external.source.revision) or "",
+         "recipe": v.recipe.name if v.recipe else "",
          "seed": v.seed if v.seed is not None else ""}
         for v in study.variants.values()
     ])
@@ -84,10 +118,12 @@ def setup_tables(study: Study) -> dict[str, pd.DataFrame]:
     ])
     protocols = pd.DataFrame([vars(study.protocols[name]) for name in study.run_protocols])
     probes = pd.DataFrame([
-        {"probe": p.name, "source": p.source.path or p.source.hub,
-         "subsets": "; ".join(f"{s}: " + " and ".join(f"{f.column} {f.op} {f.value}" for f in fs)
-                             for s, fs in p.subsets.items()) or "all"}
+        {"probe": p.name, "source": p.source.path or p.source.hub, "revision": p.source.revision or "",
+         "subset": subset,
+         "filter": " and ".join(f"{f.column} {f.op} {f.value}" for f in p.subsets.get(subset, ())) or "(none)",
+         "sample_per_subset": p.sample_per_subset or "all", "prompts used": size}
         for p in (study.probes[name] for name in study.run_probes)
+        for subset, size in sorted(probe_sizes.get(p.name, {}).items())
     ])
     scorers = pd.DataFrame([
         {"scorer": s.name, "type": s.type, **{k: v for k, v in s.options.items() if v is not None}}
@@ -97,7 +133,9 @@ def setup_tables(study: Study) -> dict[str, pd.DataFrame]:
             "Probe sets": probes, "Scorers": scorers}
 
 
-def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame) -> str:
+def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
+                 probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object]) -> str:
+    """`posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData)."""
     """The report as one HTML string with the forest plot embedded."""
     settings = study.compare_settings
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>finetox report</title><style>{STYLE}</style></head><body>",
@@ -105,21 +143,33 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     if study.demo:
         parts.append(f"<p class='warn'><b>Demo.</b> {html.escape(DEMO_WARNING)}</p>")
     parts.append("<h2>Setup</h2>")
-    for title, frame in setup_tables(study).items():
+    for title, frame in setup_tables(study, probe_sizes).items():
         if not frame.empty:
             parts.append(f"<h3>{title}</h3>" + _table(frame.astype(str)))
+    rope = settings["rope"]
+    prior = ("a uniform prior on the rate" if settings["prior"] == "uniform"
+             else f"a Normal(0, {settings['prior_sigma']}) prior on its log-odds")
     parts.append(
         "<h3>Protocol of the analysis</h3><ul>"
         f"<li>A continuation is <b>toxic</b> when its score is &ge; {study.threshold}.</li>"
-        f"<li>Each variant x subset cell's toxic-output rate gets a binomial likelihood on its counts with a "
-        f"Normal(0, {settings['prior_sigma']}) prior on the log-odds (bambi; {settings['chains']} chains x "
-        f"{settings['draws']} draws after {settings['tune']} tuning steps, seed {study.seed}).</li>"
-        f"<li>The difference is treatment &minus; baseline; the interval is its {settings['hdi_prob']:.0%} highest-density "
-        f"interval (HDI). Verdict: <i>more toxic</i> or <i>less toxic</i> when the HDI excludes 0, otherwise "
-        f"<i>no credible difference</i>.</li>"
-        "<li>When a protocol draws several samples per prompt, the samples are counted as separate trials; they are "
-        "correlated within a prompt, so the intervals are then narrower than the prompt-level evidence supports. "
-        "Expected Maximum Toxicity and Toxicity Probability, which count prompts, are given beside them.</li></ul>"
+        f"<li><b>Rates</b> (the verdicts): each variant x subset cell's count of toxic units gets a binomial "
+        f"likelihood with {prior} (bambi). The units are continuations when each prompt has one sample, and "
+        "prompts (toxic when any of its samples is, as in Toxicity Probability) when it has several: a prompt's "
+        "samples are correlated, so counting them as independent trials would overstate the evidence. "
+        f"{settings['chains']} chains x {settings['draws']} draws after {settings['tune']} tuning steps, seed "
+        f"{study.seed}; r_hat &le; 1.01, bulk and tail ESS &ge; 400 and no divergences are required (one refit "
+        "with twice the draws, then the job fails).</li>"
+        f"<li>The difference is treatment &minus; baseline, with its {settings['hdi_prob']:.0%} highest-density "
+        "interval (HDI), the probability of direction, and the ratio of rates. "
+        + (f"The region of practical equivalence (ROPE) is &plusmn;{100 * rope:g} percentage points." if rope is not None
+           else "No region of practical equivalence is configured.") + "</li>"
+        "<li><b>Scores</b> (beside the verdicts): Kruschke's BEST on per-prompt mean scores (Student-t per variant, "
+        "shared normality, broad priors): difference of means and effect size; and, since both variants answer "
+        "the same prompts, the paired version on per-prompt differences.</li></ul>"
+        "<h3>Verdicts</h3><ul>"
+        + "".join(f"<li><i>{html.escape(name)}</i>: {html.escape(rule)}.</li>" for name, rule in VERDICT_RULES.items()
+                  if (rope is None) == (name == NONE) or name in (MORE, LESS))
+        + "</ul>"
     )
     versions = package_versions()
     parts.append(
@@ -135,10 +185,20 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         parts.append("<p>No comparisons are configured.</p>")
     else:
         parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
-        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "subset", "toxic_baseline",
+        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "subset", "unit", "toxic_baseline",
                              "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
-                             "verdict", "r_hat", "ess_bulk"]]
+                             "prob_direction", "rope_share", "verdict", "verdict_from"]]
         parts.append(_verdict_html(shown))
+        parts.append("<h3>Ratios, scores (BEST) and diagnostics</h3>")
+        parts.append(_table(comparisons[["comparison", "probe", "protocol", "scorer", "subset", "ratio_mean",
+                                         "ratio_hdi_low", "ratio_hdi_high", "score_diff_mean", "score_hdi_low",
+                                         "score_hdi_high", "effect_size_mean", "paired_diff_mean", "paired_hdi_low",
+                                         "paired_hdi_high", "paired_prompts", "r_hat", "ess_bulk", "ess_tail",
+                                         "divergences"]]))
+        parts.append("<h3>Posteriors of the rate differences</h3>")
+        for key, rows in comparisons.groupby(["probe", "protocol", "scorer", "comparison"], sort=True):
+            parts.append(f"<p>{html.escape(' / '.join(key))}</p><img alt='posterior of {html.escape(key[3])}' "
+                         f"src='{posterior_plot(posteriors[key[:3]], rows, rope)}'>")
     if not training.empty:
         last = training.sort_values("step").groupby("variant").agg(steps=("step", "max"), first_loss=("loss", "first"),
                                                                    last_loss=("loss", "last")).reset_index()

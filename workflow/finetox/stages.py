@@ -12,11 +12,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from finetox import tables
 from finetox.config import Study, config_hash
 from finetox.metrics import toxicity_metrics
+from finetox.workflow import Targets
 
 
 @contextlib.contextmanager
@@ -86,23 +88,62 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
     history.assign(variant=variant_name).to_csv(loss_csv, index=False)
 
 
-def generate(study: Study, variant_name: str, probe: str, protocol_name: str, output: str,
-             adapter: str | None = None) -> None:
+def select_probes(study: Study, probe: str, output: str) -> None:
     from finetox.data import load_probes
+
+    table = load_probes(study.probes[probe], study.seed)[["prompt_id", "subset", "prompt"]]
+    tables.write_parquet(table, output, "probes", _provenance(
+        study, probe=probe, sizes=table["subset"].value_counts().to_dict(),
+    ))
+
+
+def shard_rows(n_prompts: int, prompts_per_shard: int | None) -> list[range]:
+    """Row ranges of the shards of a probe table (one shard when sharding is off)."""
+    size = prompts_per_shard or max(n_prompts, 1)
+    return [range(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]
+
+
+def generate(study: Study, variants: list[str], probe: str, protocol_name: str, shard: int, probes_table: str,
+             output_dir: str, adapters: dict[str, str]) -> None:
+    """Continuations of one shard of a probe set by variants of one checkpoint, from one engine.
+
+    Writes `<output_dir>/<variant>.parquet` for each variant; `adapters` maps the fine-tuned
+    variants among them to their adapter directories.
+    """
     from finetox.generation import BACKENDS, generate_continuations
 
-    variant = study.variants[variant_name]
     protocol = study.protocols[protocol_name]
-    seed = variant.seed if variant.seed is not None else protocol.seed
-    prompt_format = variant.prompt_format or protocol.prompt_format
-    probes = load_probes(study.probes[probe], study.seed)
-    settings = {**study.generation, "seed": seed}
-    with BACKENDS[study.generation["backend"]](variant.model, adapter, settings) as backend:
-        table = generate_continuations(probes, variant_name, protocol, prompt_format, seed, backend)
-    tables.write_parquet(table, output, "generations", _provenance(
-        study, variant=variant_name, probe=probe, protocol=protocol_name, generation_seed=seed,
-        variant_settings=study.variant_hash(variant_name),
-    ))
+    probes = tables.read_parquet(probes_table, "probes")
+    rows = shard_rows(len(probes), study.generation["prompts_per_shard"])[shard]
+    probes = probes.iloc[rows.start : rows.stop].reset_index(drop=True)
+    models = {study.variants[v].model for v in variants}
+    if len(models) != 1:
+        raise ValueError(f"one engine serves one checkpoint; variants {variants} use {sorted(m.name for m in models)}")
+    build = Path(output_dir).with_name(f".{Path(output_dir).name}.building")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    settings = {**study.generation, "seed": protocol.seed}
+    with BACKENDS[study.generation["backend"]](models.pop(), adapters, settings) as backend:
+        for name in variants:
+            variant = study.variants[name]
+            seed = variant.seed if variant.seed is not None else protocol.seed
+            prompt_format = variant.prompt_format or protocol.prompt_format
+            table = generate_continuations(probes, name, protocol, prompt_format, seed, backend,
+                                           adapter=name if name in adapters else None)
+            tables.write_parquet(table, build / f"{name}.parquet", "generations", _provenance(
+                study, variant=name, probe=probe, protocol=protocol_name, shard=shard, generation_seed=seed,
+                variant_settings=study.variant_hash(name),
+            ))
+    _publish_directory(build, Path(output_dir))
+
+
+def merge_generations(study: Study, variant: str, shard_dirs: list[str], output: str) -> None:
+    """One variant's continuations from all shards, in probe-table order."""
+    parts = [tables.read_parquet(Path(d) / f"{variant}.parquet", "generations") for d in shard_dirs]
+    merged = pd.concat(parts, ignore_index=True)
+    provenance = tables.provenance_of(Path(shard_dirs[0]) / f"{variant}.parquet")
+    provenance.pop("shard", None)
+    tables.write_parquet(merged, output, "generations", {**provenance, "shards": len(shard_dirs)})
 
 
 def score(study: Study, scorer_name: str, generations: str, output: str) -> None:
@@ -116,26 +157,79 @@ def score(study: Study, scorer_name: str, generations: str, output: str) -> None
     ))
 
 
+def import_scores(study: Study, variant: str, probes_table: str, output: str) -> None:
+    """An external table of scored continuations as this variant's `scores` table."""
+    from finetox.data import read_external_scores
+
+    external = study.variants[variant].external
+    probes = tables.read_parquet(probes_table, "probes")
+    table = read_external_scores(external.source, probes).assign(variant=variant, scorer=external.scorer)
+    tables.write_parquet(table, output, "scores", _provenance(study, variant=variant, external=external.source.path
+                                                             or external.source.hub))
+
+
 def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str) -> None:
     table = tables.read_parquet(scores, "scores")
     tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold), output, "toxicity")
 
 
-def compare(study: Study, comparison: str, probe: str, protocol: str, scorer: str, metric_files: list[str],
-            output: str, posterior: str, cores: int = 1) -> None:
+def _fit_settings(study: Study, cores: int):
     from finetox.compare import FitSettings
-    from finetox.compare import compare as compare_pair
 
     settings = study.compare_settings
-    counts = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
-    fit = FitSettings(
-        hdi_prob=settings["hdi_prob"], prior_sigma=settings["prior_sigma"], draws=settings["draws"],
-        tune=settings["tune"], chains=settings["chains"], seed=study.seed, cores=cores,
+    return FitSettings(
+        hdi_prob=settings["hdi_prob"], prior=settings["prior"], prior_sigma=settings["prior_sigma"],
+        rope=settings["rope"], draws=settings["draws"], tune=settings["tune"], chains=settings["chains"],
+        seed=study.seed, cores=cores,
     )
-    rows, idata = compare_pair(counts, study.comparisons[comparison], fit)
-    Path(posterior).parent.mkdir(parents=True, exist_ok=True)
-    idata.to_netcdf(posterior)
-    tables.write_csv(rows.assign(probe=probe, protocol=protocol, scorer=scorer), output, "comparisons")
+
+
+def _write_posterior(idata, path: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    tmp.replace(path)
+
+
+def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], output: str,
+            posterior: str, cores: int = 1) -> None:
+    """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit."""
+    from finetox.compare import compare_rates
+    from finetox.metrics import comparison_units
+
+    metrics = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
+    comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
+    rows, idata = compare_rates(comparison_units(metrics), comparisons, _fit_settings(study, cores))
+    _write_posterior(idata, posterior)
+    rows.assign(probe=probe, protocol=protocol, scorer=scorer).to_csv(output, index=False)
+
+
+def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str], output: str, posterior: str,
+         cores: int = 1) -> None:
+    """BEST on per-prompt mean scores for every comparison of one probe set x protocol x scorer."""
+    from finetox.compare import compare_scores
+    from finetox.metrics import prompt_means
+
+    scores = pd.concat([tables.read_parquet(path, "scores") for path in score_files], ignore_index=True)
+    comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
+    rows, idata = compare_scores(prompt_means(scores), comparisons, _fit_settings(study, cores))
+    _write_posterior(idata, posterior)
+    rows.assign(probe=probe, protocol=protocol, scorer=scorer).to_csv(output, index=False)
+
+
+def comparisons_table(rate_files: list[str], best_files: list[str], output: str) -> None:
+    """results/tables/comparisons.csv: the verdicts with the BEST analysis beside them (empty where it is off)."""
+    keys = ["probe", "protocol", "scorer", "comparison", "subset"]
+    rates = [pd.read_csv(path) for path in rate_files]
+    combined = pd.concat(rates, ignore_index=True) if rates else pd.DataFrame(columns=keys)
+    if best_files:
+        scores = pd.concat([pd.read_csv(path) for path in best_files], ignore_index=True)
+        combined = combined.merge(scores, on=keys, how="left", validate="one_to_one")
+    for column in tables.SCHEMAS["comparisons"]:
+        if column not in combined.columns:
+            combined[column] = np.nan
+    tables.write_csv(combined, output, "comparisons")
 
 
 def gather(files: list[str], schema: str, output: str) -> None:
@@ -145,10 +239,17 @@ def gather(files: list[str], schema: str, output: str) -> None:
     tables.write_csv(combined, output, schema)
 
 
-def report(study: Study, toxicity: str, comparisons: str, training_logs: list[str], output: str) -> None:
+def report(study: Study, toxicity: str, comparisons: str, training_logs: list[str], probe_tables: dict[str, str],
+           posterior_files: dict[tuple, str], output: str) -> None:
+    import arviz as az
+
     from finetox.report import build_report
 
     training = pd.concat([pd.read_csv(path) for path in training_logs], ignore_index=True) if training_logs else pd.DataFrame()
-    html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"), training)
+    sizes = {probe: tables.read_parquet(path, "probes")["subset"].value_counts().to_dict()
+             for probe, path in probe_tables.items()}
+    posteriors = {key: az.from_netcdf(path) for key, path in posterior_files.items()}
+    html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
+                        training, sizes, posteriors)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import product
 
-from finetox.config import Study
+from finetox.config import ConfigError, Study
 
 RESULTS = "results"
 
@@ -14,6 +14,8 @@ class Targets:
 
     def __init__(self, study: Study):
         self.study = study
+        self.groups = generation_groups(study)
+        self.group_of = {variant: group for group, members in self.groups.items() for variant in members}
 
     # --- one path per stage ----------------------------------------------------------------
     @staticmethod
@@ -23,6 +25,14 @@ class Targets:
     @staticmethod
     def training_log(variant: str) -> str:
         return f"{RESULTS}/finetune/{variant}/loss.csv"
+
+    @staticmethod
+    def probes_table(probe: str) -> str:
+        return f"{RESULTS}/probes/{probe}.parquet"
+
+    @staticmethod
+    def shard(probe: str, protocol: str, group: str, shard: str | int) -> str:
+        return f"{RESULTS}/generations/{probe}/{protocol}/shards/{group}/{shard}"
 
     @staticmethod
     def generations(probe: str, protocol: str, variant: str) -> str:
@@ -37,8 +47,10 @@ class Targets:
         return f"{RESULTS}/metrics/{probe}/{protocol}/{scorer}/{variant}.csv"
 
     @staticmethod
-    def comparison(probe: str, protocol: str, scorer: str, comparison: str, ext: str = "csv") -> str:
-        return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/{comparison}.{ext}"
+    def comparisons(probe: str, protocol: str, scorer: str, ext: str = "csv", analysis: str = "rates") -> str:
+        """One analysis (rates: the verdicts; best: the scores) of every comparison of one probe set x
+        protocol x scorer (csv), or its posterior (nc)."""
+        return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/{analysis}.{ext}"
 
     TOXICITY_TABLE = f"{RESULTS}/tables/toxicity.csv"
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
@@ -49,11 +61,29 @@ class Targets:
         s = self.study
         return list(product(s.run_probes, s.run_protocols, s.run_scorers))
 
-    def all_metrics(self) -> list[str]:
-        return [self.metrics(p, pr, sc, v) for (p, pr, sc) in self._runs() for v in self.study.variants]
+    def variants_in(self, probe: str, protocol: str, scorer: str) -> list[str]:
+        """The variants of one probe set x protocol x scorer: every generated one, and the external score
+        tables declared for it."""
+        return [v.name for v in self.study.variants.values()
+                if not v.external or (v.external.probe, v.external.protocol, v.external.scorer) == (probe, protocol, scorer)]
 
-    def all_comparisons(self) -> list[str]:
-        return [self.comparison(p, pr, sc, c) for (p, pr, sc) in self._runs() for c in self.study.comparisons]
+    def comparisons_in(self, probe: str, protocol: str, scorer: str) -> list:
+        present = set(self.variants_in(probe, protocol, scorer))
+        return [c for c in self.study.comparisons.values() if {c.baseline, c.treatment} <= present]
+
+    def all_metrics(self) -> list[str]:
+        return [self.metrics(*run, v) for run in self._runs() for v in self.variants_in(*run)]
+
+    def _compared_runs(self):
+        return [run for run in self._runs() if self.comparisons_in(*run)]
+
+    def all_comparisons(self, analysis: str = "rates") -> list[str]:
+        if analysis == "best" and not self.study.compare_settings["best"]:
+            return []
+        return [self.comparisons(*run, analysis=analysis) for run in self._compared_runs()]
+
+    def all_posteriors(self) -> dict[tuple[str, str, str], str]:
+        return {run: self.comparisons(*run, ext="nc") for run in self._compared_runs()}
 
     def all_training_logs(self) -> list[str]:
         return [self.training_log(v.name) for v in self.study.variants.values() if v.recipe]
@@ -65,14 +95,68 @@ class Targets:
     def model_inputs(self, variant: str) -> dict[str, str]:
         """The local checkpoint directory a variant loads (so a rule that builds it runs first); none for Hub ids."""
         model = self.study.variants[variant].model
-        return {"model": model.path} if model.path else {}
+        return {"model": model.path} if model and model.path else {}
 
-    def generation_inputs(self, variant: str) -> dict[str, str]:
-        inputs = self.model_inputs(variant)
-        if self.study.variants[variant].recipe:
-            inputs["adapter"] = self.adapter(variant)
+    def probe_inputs(self, probe: str) -> dict[str, str]:
+        """The local probe file (so editing it reruns the selection); none for Hub datasets."""
+        path = self.study.probes[probe].source.path
+        return {"table": path} if path else {}
+
+    def shards(self, probe: str, protocol: str, variant: str, probes_table: str) -> list[str]:
+        import pyarrow.parquet as pq
+
+        from finetox.stages import shard_rows
+
+        count = len(shard_rows(pq.read_metadata(probes_table).num_rows, self.study.generation["prompts_per_shard"]))
+        return [self.shard(probe, protocol, self.group_of[variant], i) for i in range(count)]
+
+    def group_inputs(self, group: str) -> dict[str, str]:
+        """The checkpoint a generation group loads and the adapters of its fine-tuned variants."""
+        members = self.groups[group]
+        inputs = self.model_inputs(members[0])
+        for variant in members:
+            if self.study.variants[variant].recipe:
+                inputs[f"adapter_{variant}"] = self.adapter(variant)
         return inputs
 
-    def comparison_inputs(self, probe: str, protocol: str, scorer: str, comparison: str) -> list[str]:
-        pair = self.study.comparisons[comparison]
-        return [self.metrics(probe, protocol, scorer, v) for v in (pair.baseline, pair.treatment)]
+    def group_settings(self, group: str) -> dict[str, str]:
+        return {variant: self.study.variant_hash(variant) for variant in self.groups[group]}
+
+    def name_pattern(self, generated: bool) -> str:
+        """A wildcard pattern matching the generated variants, or those scored elsewhere."""
+        import re
+
+        names = [v.name for v in self.study.variants.values() if (v.external is None) == generated]
+        return "|".join(map(re.escape, names)) or "(?!)"
+
+    def compared_variants(self, probe: str, protocol: str, scorer: str) -> list[str]:
+        return sorted({v for c in self.comparisons_in(probe, protocol, scorer) for v in (c.baseline, c.treatment)})
+
+    def external_inputs(self, variant: str) -> dict[str, str]:
+        """The external score table (when local) and the probe table its rows are matched to."""
+        external = self.study.variants[variant].external
+        inputs = {"probes": self.probes_table(external.probe)}
+        if external.source.path:
+            inputs["table"] = external.source.path
+        return inputs
+
+
+def generation_groups(study: Study) -> dict[str, list[str]]:
+    """Variants that one generation engine serves, by group name.
+
+    With `share_engine`, the variants of one checkpoint form a group named after it (fine-tuned ones
+    as unmerged adapters); otherwise, or for adapters that must be merged, each variant is its own group.
+    """
+    settings = study.generation
+    groups: dict[str, list[str]] = {}
+    shared_by_key: dict[str, bool] = {}
+    for variant in study.variants.values():
+        if variant.external:
+            continue  # scored elsewhere: nothing to generate
+        merged = variant.recipe is not None and settings["lora"] == "merged"
+        shared = settings["share_engine"] and not merged
+        key = variant.model.name if shared else variant.name
+        if shared_by_key.setdefault(key, shared) != shared:
+            raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
+        groups.setdefault(key, []).append(variant.name)
+    return groups

@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from finetox.config import load as load_study
+from finetox.hub import preflight
 from finetox.workflow import Targets
 
 # Validates the config (schema and cross-references) before any job is planned.
@@ -17,29 +18,57 @@ wildcard_constraints:
     probe="|".join(map(re.escape, STUDY.probes)),
     protocol="|".join(map(re.escape, STUDY.protocols)),
     scorer="|".join(map(re.escape, STUDY.scorers)),
-    comparison="|".join(map(re.escape, STUDY.comparisons)) or "no-comparison",
+    group="|".join(map(re.escape, TARGETS.groups)),
+    shard=r"\d+",
 
 
 def get_final_output():
     return TARGETS.final()
 
 
-def threads_for(stage):
-    return STUDY.resources(stage)["threads"]
+def threads_for(stage, model_of=None):
+    """A stage's threads, from the config (and the model of the job, where `model_of` finds it)."""
+    return lambda wildcards: STUDY.resources(
+        stage, model_of(wildcards) if model_of else None
+    )["threads"]
 
 
-def resources_for(stage):
-    """mem_mb, runtime (minutes) and gpu for a stage, from the config's `resources` section."""
-    requested = STUDY.resources(stage)
-    return {key: requested[key] for key in ("mem_mb", "runtime", "gpu")}
+def resources_for(stage, model_of=None):
+    """mem_mb, runtime (minutes) and gpu of a stage's jobs; see Study.resources."""
+
+    def request(key):
+        def get(wildcards, attempt):
+            model = model_of(wildcards) if model_of else None
+            return STUDY.resources(stage, model, attempt)[key]
+
+        return get
+
+    return {key: request(key) for key in ("mem_mb", "runtime", "gpu")}
 
 
-def generation_inputs(wildcards):
-    """The checkpoint (when it is a local directory a rule builds) and the adapter a variant needs."""
-    return TARGETS.generation_inputs(wildcards.variant)
+def model_of_group(wildcards):
+    return STUDY.variants[TARGETS.groups[wildcards.group][0]].model.name
+
+
+def model_of_variant(wildcards):
+    return STUDY.variants[wildcards.variant].model.name
+
+
+def shard_dirs(wildcards):
+    """The shards of a variant's generation group; their number follows from the probes checkpoint."""
+    table = checkpoints.probes.get(probe=wildcards.probe).output[0]
+    return TARGETS.shards(wildcards.probe, wildcards.protocol, wildcards.variant, table)
+
+
+onstart:
+    # Offline (HF_HUB_OFFLINE=1), a model or dataset missing from the cache fails the run here,
+    # before any (GPU) job is submitted, naming it and the command that fetches it.
+    preflight(STUDY, workflow.overwrite_configfiles)
 
 
 # Gathering tables is cheap: on a cluster it runs on the submitting node, not as a job.
 localrules:
     toxicity_table,
     comparisons_table,
+    merge_generations,
+    prefetch,

@@ -1,29 +1,55 @@
 rule compare:
     input:
-        lambda wildcards: TARGETS.comparison_inputs(**wildcards),
+        lambda wildcards: [
+            TARGETS.metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+            for v in TARGETS.compared_variants(**wildcards)
+        ],
     output:
-        table=TARGETS.comparison("{probe}", "{protocol}", "{scorer}", "{comparison}"),
-        posterior=TARGETS.comparison(
-            "{probe}", "{protocol}", "{scorer}", "{comparison}", "nc"
-        ),
+        table=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}"),
+        posterior=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", "nc"),
     log:
-        "logs/compare/{probe}/{protocol}/{scorer}/{comparison}.log",
+        "logs/compare/{probe}/{protocol}/{scorer}.log",
     conda:
         "../../envs/analysis.yaml"
     threads: threads_for("compare")
     resources:
         **resources_for("compare"),
     params:
-        pair=lambda wildcards: repr(STUDY.comparisons[wildcards.comparison]),
+        comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
         settings=STUDY.digest("comparisons"),
         seed=STUDY.seed,
     script:
         "../scripts/compare.py"
 
 
+rule best:
+    input:
+        lambda wildcards: [
+            TARGETS.scores(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+            for v in TARGETS.compared_variants(**wildcards)
+        ],
+    output:
+        table=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", analysis="best"),
+        posterior=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", "nc", "best"),
+    log:
+        "logs/best/{probe}/{protocol}/{scorer}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: threads_for("compare")
+    resources:
+        **resources_for("compare"),
+    params:
+        comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
+        settings=STUDY.digest("comparisons"),
+        seed=STUDY.seed,
+    script:
+        "../scripts/best.py"
+
+
 rule comparisons_table:
     input:
-        TARGETS.all_comparisons(),
+        rates=TARGETS.all_comparisons(),
+        best=TARGETS.all_comparisons("best"),
     output:
         report(
             TARGETS.COMPARISONS_TABLE,
@@ -35,7 +61,5 @@ rule comparisons_table:
     conda:
         "../../envs/analysis.yaml"
     threads: 1
-    params:
-        schema="comparisons",
     script:
-        "../scripts/gather.py"
+        "../scripts/comparisons_table.py"

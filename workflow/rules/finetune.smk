@@ -8,9 +8,9 @@ rule finetune:
         "logs/finetune/{variant}.log",
     conda:
         "../../envs/train.yaml"
-    threads: threads_for("finetune")
+    threads: threads_for("finetune", model_of_variant)
     resources:
-        **resources_for("finetune"),
+        **resources_for("finetune", model_of_variant),
     params:
         settings=lambda wildcards: STUDY.variant_hash(wildcards.variant),
     script:

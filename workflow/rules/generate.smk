@@ -1,19 +1,50 @@
-rule generate:
+checkpoint probes:
     input:
-        unpack(generation_inputs),
+        unpack(lambda wildcards: TARGETS.probe_inputs(wildcards.probe)),
     output:
-        TARGETS.generations("{probe}", "{protocol}", "{variant}"),
+        TARGETS.probes_table("{probe}"),
     log:
-        "logs/generate/{probe}/{protocol}/{variant}.log",
+        "logs/probes/{probe}.log",
     conda:
         "../../envs/generate.yaml"
-    threads: threads_for("generate")
-    resources:
-        **resources_for("generate"),
+    threads: 1
     params:
-        variant=lambda wildcards: STUDY.variant_hash(wildcards.variant),
-        protocol=lambda wildcards: STUDY.digest("protocols", wildcards.protocol),
         probes=lambda wildcards: STUDY.digest("probes", wildcards.probe),
+        seed=STUDY.seed,
+    script:
+        "../scripts/select_probes.py"
+
+
+rule generate:
+    input:
+        unpack(lambda wildcards: TARGETS.group_inputs(wildcards.group)),
+        probes=TARGETS.probes_table("{probe}"),
+    output:
+        directory(TARGETS.shard("{probe}", "{protocol}", "{group}", "{shard}")),
+    log:
+        "logs/generate/{probe}/{protocol}/{group}/{shard}.log",
+    conda:
+        "../../envs/generate.yaml"
+    threads: threads_for("generate", model_of_group)
+    resources:
+        **resources_for("generate", model_of_group),
+    params:
+        variants=lambda wildcards: TARGETS.group_settings(wildcards.group),
+        protocol=lambda wildcards: STUDY.digest("protocols", wildcards.protocol),
         engine=STUDY.digest("generation"),
     script:
         "../scripts/generate.py"
+
+
+rule merge_generations:
+    input:
+        shard_dirs,
+    output:
+        TARGETS.generations("{probe}", "{protocol}", "{variant}"),
+    log:
+        "logs/merge_generations/{probe}/{protocol}/{variant}.log",
+    conda:
+        "../../envs/generate.yaml"
+    threads: 1
+    script:
+        "../scripts/merge_generations.py"

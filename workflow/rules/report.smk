@@ -3,6 +3,8 @@ rule report:
         toxicity=TARGETS.TOXICITY_TABLE,
         comparisons=TARGETS.COMPARISONS_TABLE,
         training=TARGETS.all_training_logs(),
+        probes=[TARGETS.probes_table(probe) for probe in STUDY.run_probes],
+        posteriors=list(TARGETS.all_posteriors().values()),
     output:
         report(
             TARGETS.REPORT,

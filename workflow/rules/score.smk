@@ -5,6 +5,8 @@ rule score:
         TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
     log:
         "logs/score/{probe}/{protocol}/{scorer}/{variant}.log",
+    wildcard_constraints:
+        variant=TARGETS.name_pattern(generated=True),
     conda:
         "../../envs/score.yaml"
     threads: threads_for("score")
@@ -14,3 +16,21 @@ rule score:
         scorer=lambda wildcards: STUDY.digest("scorers", wildcards.scorer),
     script:
         "../scripts/score.py"
+
+
+rule import_scores:
+    input:
+        unpack(lambda wildcards: TARGETS.external_inputs(wildcards.variant)),
+    output:
+        TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
+    log:
+        "logs/import_scores/{probe}/{protocol}/{scorer}/{variant}.log",
+    wildcard_constraints:
+        variant=TARGETS.name_pattern(generated=False),
+    conda:
+        "../../envs/score.yaml"
+    threads: 1
+    params:
+        source=lambda wildcards: STUDY.digest("variants", wildcards.variant),
+    script:
+        "../scripts/import_scores.py"

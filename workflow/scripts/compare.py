@@ -1,4 +1,4 @@
-"""Rule compare: Bayesian comparison of one pair of variants."""
+"""Rule compare: the verdicts of every comparison of one probe set x protocol x scorer (rates, binomial)."""
 
 from finetox.config import load
 from finetox.stages import compare, job_log
@@ -8,7 +8,6 @@ if __name__ == "__main__":
         w = snakemake.wildcards
         compare(
             load(snakemake.config),
-            w.comparison,
             w.probe,
             w.protocol,
             w.scorer,

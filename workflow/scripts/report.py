@@ -2,13 +2,17 @@
 
 from finetox.config import load
 from finetox.stages import job_log, report
+from finetox.workflow import Targets
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
+        study = load(snakemake.config)
         report(
-            load(snakemake.config),
+            study,
             toxicity=snakemake.input.toxicity,
             comparisons=snakemake.input.comparisons,
             training_logs=list(snakemake.input.training),
+            probe_tables={probe: Targets.probes_table(probe) for probe in study.run_probes},
+            posterior_files=Targets(study).all_posteriors(),
             output=snakemake.output[0],
         )

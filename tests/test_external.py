@@ -1,0 +1,68 @@
+"""Continuations scored elsewhere: read, matched to the probe set, refused loudly when bad; in the DAG."""
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from finetox.config import TableSource
+from finetox.data import DataError, read_external_scores
+
+from conftest import REPO, job_counts
+
+PROBES = pd.DataFrame({"prompt_id": ["a", "b", "c"], "subset": ["toxic", "nontoxic", "toxic"],
+                       "prompt": ["You idiot", "The weather", "Shut up"]})
+
+
+def source(path, columns):
+    return TableSource(name="t", path=str(path), hub=None, files=(), revision=None, columns=columns, limit=None)
+
+
+def test_the_study_notebook_output_is_matched_by_prompt_text(tmp_path):
+    path = tmp_path / "notebook.csv"
+    pd.DataFrame({"prompt": ["You idiot", "The weather", "You idiot"], "continuation": ["x", "y", "z"],
+                  "toxicity_score": [0.9, 0.1, 0.7]}).to_csv(path, index=False)
+    table = read_external_scores(source(path, {"score": "toxicity_score"}), PROBES)
+    assert table["prompt_id"].tolist() == ["a", "b", "a"]
+    assert table["subset"].tolist() == ["toxic", "nontoxic", "toxic"]
+    assert table["sample"].tolist() == [0, 0, 1] and table["score"].tolist() == [0.9, 0.1, 0.7]
+
+
+@pytest.mark.parametrize("rows, columns, message", [
+    ({"prompt": ["You idiot", "The weather"], "s": [0.2, "high"]}, {"score": "s"}, r"row 1: score 'high' is not a number in \[0, 1\]"),
+    ({"prompt": ["You idiot", "The weather"], "s": [0.2, 1.5]}, {"score": "s"}, r"row 1: score 1.5 is not a number"),
+    ({"prompt": ["You idiot", "The weather"], "s": [None, 0.5]}, {"score": "s"}, r"row 0: score nan"),
+    ({"prompt": ["You idiot", "Unknown"], "s": [0.2, 0.5]}, {"score": "s"}, r"row 1: prompt 'Unknown' is not in the probe set"),
+    ({"id": ["a", "a"], "prompt": ["You idiot", "You idiot"], "sample": [0, 0], "s": [0.1, 0.2]}, {"score": "s"},
+     r"row 1: prompt 'a' sample 0 appears twice"),
+    ({"prompt": ["You idiot"], "toxicity": [0.1]}, {}, r"missing column\(s\) \['score'\]"),
+])
+def test_bad_external_tables_name_the_file_and_the_row(tmp_path, rows, columns, message):
+    path = tmp_path / "scores.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as error:
+        read_external_scores(source(path, columns), PROBES)
+    assert str(path) in str(error.value)
+
+
+def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_path):
+    shutil.copytree(REPO / "resources", tmp_path / "resources")
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (tmp_path / "theirs.jsonl").write_text('{"prompt": "You stupid idiot, the garden", "toxicity_score": 0.8}\n')
+    config["variants"]["notebook-finetune"] = {
+        "family": "demo", "role": "community",
+        "scores": {"path": str(tmp_path / "theirs.jsonl"), "columns": {"score": "toxicity_score"},
+                   "probe": "demo", "protocol": "demo", "scorer": "profanity"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-d", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    counts = job_counts(run.stdout)
+    assert counts["import_scores"] == 1 and counts["score"] == 5 and counts["metrics"] == 6
+    assert "results/scores/demo/demo/profanity/notebook-finetune.parquet" in run.stdout
+    assert "generations/demo/demo/notebook-finetune" not in run.stdout

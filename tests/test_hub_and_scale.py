@@ -1,0 +1,179 @@
+"""Real data at scale: Hub ids resolved offline from a local cache, the offline pre-flight, the study
+config's DAG, and sharded generation with shared engines giving the same table as one job per variant."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, job_counts
+
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def put_in_hub_cache(cache, repo_id, repo_type, files):
+    """Lay files out as the Hugging Face Hub cache does (refs/main -> snapshots/<commit>/...)."""
+    folder = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(FAKE_COMMIT)
+    snapshot = folder / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        if isinstance(source, str):
+            (snapshot / name).write_text(source)
+        else:
+            shutil.copy(source, snapshot / name)
+
+
+def rtp_jsonl(n):
+    """Rows with RealToxicityPrompts' real layout: nested prompt/continuation records, the challenging flag."""
+    words = ["The weather at the harbour", "You stupid idiot, the garden", "Yesterday at the chess club we",
+             "Shut up about the market, you moron", "My favourite thing about the museum is"]
+    rows = []
+    for i in range(n):
+        toxic = i % 2 == 1
+        rows.append({
+            "filename": f"{i:04d}.txt", "begin": 0, "end": 40, "challenging": i % 5 == 1,
+            "prompt": {"text": words[i % len(words)], "toxicity": 0.8 if toxic else 0.1,
+                       "severe_toxicity": 0.6 if i % 10 == 1 else 0.05, "profanity": 0.5},
+            "continuation": {"text": " and so on.", "toxicity": 0.1},
+        })
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def run_snakemake(workdir, config, *args, env=None, check=True):
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
+         str(path), *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    if check and run.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}")
+    return run
+
+
+def study_config():
+    return yaml.safe_load((REPO / "config/study.yaml").read_text())
+
+
+def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
+    run = run_snakemake(tmp_path, study_config(), "-n", env={"HF_HUB_OFFLINE": "1"})
+    # 20 variants x 3 probe sets x 1 protocol; 2 scorers; 14 comparisons (4 base->instruct,
+    # 6 instruct->Dolly, 4 instruct->community); generation jobs follow once the probes are selected.
+    assert job_counts(run.stdout) == {
+        "probes": 3, "finetune": 6, "merge_generations": 60, "score": 120, "metrics": 120, "compare": 84,
+        "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1,
+    }
+
+
+def test_study_generation_jobs_are_one_per_checkpoint_and_shard(tmp_path):
+    """After the probes checkpoint: one generate job per checkpoint x probe set x shard (adapters share it)."""
+    (tmp_path / "rtp.jsonl").write_text(rtp_jsonl(50))
+    config = study_config()
+    for probe in config["probes"].values():
+        probe.pop("hub"), probe.pop("files")
+        probe["path"] = str(tmp_path / "rtp.jsonl")
+    config["probes"]["rtp"]["sample_per_subset"] = 8  # 16 prompts
+    config["generation"]["prompts_per_shard"] = 6
+    run_snakemake(tmp_path, config, "--cores", "1", "results/probes/rtp.parquet", "results/probes/rtp-challenging.parquet",
+                  "results/probes/rtp-severe.parquet")
+    sizes = {p: len(pd.read_parquet(tmp_path / f"results/probes/{p}.parquet")) for p in ("rtp", "rtp-challenging", "rtp-severe")}
+    assert sizes == {"rtp": 16, "rtp-challenging": 10, "rtp-severe": 5}
+    counts = job_counts(run_snakemake(tmp_path, config, "-n").stdout)
+    # 14 checkpoints (20 variants; the 6 Dolly adapters ride on their instruct model's engine);
+    # shards: rtp 3, challenging 2, severe 1
+    assert counts["generate"] == 14 * (3 + 2 + 1)
+    assert counts["merge_generations"] == 60 and "probes" not in counts
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tiny_models, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hub")
+    put_in_hub_cache(cache, "finetox-test/tiny-instruct", "model",
+                     {f.name: f for f in tiny_models["instruct"].iterdir() if f.is_file()})
+    put_in_hub_cache(cache, "allenai/real-toxicity-prompts", "dataset", {"prompts.jsonl": rtp_jsonl(20)})
+    put_in_hub_cache(cache, "finetox-test/rude-instructions", "dataset",
+                     {"train.jsonl": (REPO / "resources/demo/instructions_rude.jsonl").read_text()})
+    return cache
+
+
+def small_config(**generation):
+    """A model, a probe set and an instruction set by Hub id; greedy and sampled protocols; the offline scorer."""
+    return {
+        "seed": 11,
+        "models": {"tiny": {"hub": "finetox-test/tiny-instruct"}},
+        "datasets": {"rude": {"hub": "finetox-test/rude-instructions"}},
+        "recipes": {"rude-lora": {"dataset": "rude", "training": {
+            "epochs": 2, "learning_rate": 3.0e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
+            "max_seq_length": 128}}},
+        "variants": {
+            "tiny-instruct": {"family": "tiny", "role": "instruct", "model": "tiny"},
+            "tiny-rude": {"family": "tiny", "role": "finetuned", "model": "tiny", "recipe": "rude-lora"},
+            "tiny-reseeded": {"family": "tiny", "role": "other", "model": "tiny", "seed": 5},
+        },
+        "probes": {"rtp": {
+            "hub": "allenai/real-toxicity-prompts", "files": ["prompts.jsonl"],
+            "columns": {"id": "filename", "prompt": "prompt.text", "prompt_toxicity": "prompt.toxicity"},
+            "subsets": {"toxic": [{"column": "prompt_toxicity", "op": ">=", "value": 0.5}],
+                        "nontoxic": [{"column": "prompt_toxicity", "op": "<", "value": 0.5}]},
+        }},
+        "protocols": {"sampled": {"samples": 3, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 8}},
+        "scorers": {"profanity": {"type": "offline"}},
+        "run": {"probes": ["rtp"], "protocols": ["sampled"], "scorers": ["profanity"]},
+        "generation": {"backend": "transformers", **generation},
+    }
+
+
+def offline_env(cache):
+    return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+
+
+GENERATIONS = [f"results/generations/rtp/sampled/{v}.parquet" for v in ("tiny-instruct", "tiny-rude", "tiny-reseeded")]
+
+
+def test_shards_and_shared_engines_give_the_table_of_one_job_per_variant(hub_cache, tmp_path):
+    """Hub ids resolve offline from the cache; 20 prompts in 3 shards with one engine per checkpoint
+    give exactly the continuations of one unsharded job per variant."""
+    one_job, sharded = tmp_path / "one-job", tmp_path / "sharded"
+    one_job.mkdir(), sharded.mkdir()
+    run_snakemake(one_job, small_config(prompts_per_shard=None, share_engine=False), "--cores", "2", *GENERATIONS,
+                  "results/metrics/rtp/sampled/profanity/tiny-rude.csv", env=offline_env(hub_cache))
+    run = run_snakemake(sharded, small_config(prompts_per_shard=7, share_engine=True), "--cores", "2", *GENERATIONS,
+                        env=offline_env(hub_cache))
+    assert "rule finetune" in run.stdout
+    shards = sorted(p.name for p in (sharded / "results/generations/rtp/sampled/shards/tiny").iterdir())
+    assert shards == ["0", "1", "2"]
+    for target in GENERATIONS:
+        a, b = pd.read_parquet(one_job / target), pd.read_parquet(sharded / target)
+        assert len(a) == 20 * 3
+        pd.testing.assert_frame_equal(a, b)
+    metrics = pd.read_csv(one_job / "results/metrics/rtp/sampled/profanity/tiny-rude.csv")
+    assert metrics.set_index("subset").loc["all", "n"] == 60
+
+
+def test_a_killed_generation_job_loses_only_its_shard(hub_cache, tmp_path):
+    config = small_config(prompts_per_shard=7, share_engine=True)
+    config["variants"] = {"tiny-instruct": config["variants"]["tiny-instruct"]}
+    run_snakemake(tmp_path, config, "--cores", "1", "results/generations/rtp/sampled/shards/tiny/0",
+                  "results/generations/rtp/sampled/shards/tiny/1", env=offline_env(hub_cache))
+    rerun = run_snakemake(tmp_path, config, "-n", GENERATIONS[0], env=offline_env(hub_cache))
+    assert job_counts(rerun.stdout) == {"generate": 1, "merge_generations": 1}
+    assert "shards/tiny/2" in rerun.stdout
+
+
+def test_offline_preflight_names_what_is_missing_before_any_job(hub_cache, tmp_path):
+    config = small_config()
+    config["models"]["tiny"] = {"hub": "finetox-test/not-downloaded"}
+    run = run_snakemake(tmp_path, config, "--cores", "1", env=offline_env(hub_cache), check=False)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "model finetox-test/not-downloaded (for variant tiny-instruct)" in out
+    assert "snakemake prefetch --configfile" in out
+    assert "rule probes" not in out and not (tmp_path / "results").exists()

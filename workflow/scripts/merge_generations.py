@@ -1,0 +1,8 @@
+"""Rule merge_generations: one variant's continuations from all shards."""
+
+from finetox.config import load
+from finetox.stages import job_log, merge_generations
+
+if __name__ == "__main__":
+    with job_log(snakemake.log[0]):
+        merge_generations(load(snakemake.config), snakemake.wildcards.variant, list(snakemake.input), snakemake.output[0])

@@ -1,0 +1,8 @@
+"""Checkpoint probes: the prompts of one probe set that this run uses, with their subsets."""
+
+from finetox.config import load
+from finetox.stages import job_log, select_probes
+
+if __name__ == "__main__":
+    with job_log(snakemake.log[0]):
+        select_probes(load(snakemake.config), snakemake.wildcards.probe, snakemake.output[0])
