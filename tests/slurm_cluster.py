@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
+# srun inside a job step reads this path whatever SLURM_CONF said at sbatch time
+SYSTEM_CONF = Path("/etc/slurm")
 
 
 def why_not_possible() -> str | None:
@@ -23,6 +25,9 @@ def why_not_possible() -> str | None:
         return "standing up slurmctld/slurmd and munged needs root"
     if not (shutil.which("slurmctld") or shutil.which("apt-get")):
         return "slurm-wlm is not installed and there is no apt-get to install it"
+    existing = SYSTEM_CONF / "slurm.conf"
+    if existing.exists() and not existing.is_symlink():
+        return f"{existing} belongs to a real SLURM installation; the test does not touch it"
     return None
 
 
@@ -47,6 +52,7 @@ class Cluster:
     root: Path
     host: str = field(default_factory=socket.gethostname)
     pids: dict[str, int] = field(default_factory=dict)
+    linked: list[Path] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -93,6 +99,14 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 """)
         # A GPU count with no device file leaves the node INVAL: /dev/null stands in for the GPU.
         (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null\n")
+        # Job steps (srun, which Snakemake's job-side executor calls) look in /etc/slurm: link ours there.
+        SYSTEM_CONF.mkdir(parents=True, exist_ok=True)
+        for name in ("slurm.conf", "gres.conf"):
+            link = SYSTEM_CONF / name
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(r / name)
+            self.linked.append(link)
 
     def _start_munge(self) -> None:
         if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
@@ -135,6 +149,8 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
         return jobs
 
     def stop(self) -> None:
+        for link in self.linked:
+            link.unlink(missing_ok=True)
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
             if pid is None:

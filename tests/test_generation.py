@@ -9,7 +9,7 @@ from finetox.tables import conform
 
 GREEDY = Protocol(name="study", samples=1, temperature=0.0, top_p=1.0, max_new_tokens=12, prompt_format="raw", seed=1)
 SAMPLED = Protocol(name="rtp", samples=3, temperature=1.0, top_p=0.9, max_new_tokens=8, prompt_format="raw", seed=1)
-VLLM_SETTINGS = {"enforce_eager": True, "seed": 0, "gpu_memory_utilization": 0.5}
+VLLM_SETTINGS = {"enforce_eager": True, "seed": 0, "gpu_memory_utilization": 0.2}
 
 
 def model(path):

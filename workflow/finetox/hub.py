@@ -115,7 +115,7 @@ def preflight(study: Study, configfiles: list[str]) -> None:
         raise MissingFromCache(
             "HF_HUB_OFFLINE=1, and the local cache lacks what this run needs:\n  " + "\n  ".join(absent)
             + f"\nFetch everything on a machine with internet (a login node), with the same HF_HOME and "
-            f"without HF_HUB_OFFLINE:\n  snakemake prefetch {given} --cores 1"
+            f"without HF_HUB_OFFLINE:\n  snakemake prefetch {given} --cores 1   (add --sdm conda to run it in its conda env)"
         )
 
 

@@ -164,8 +164,10 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         + (f"The region of practical equivalence (ROPE) is &plusmn;{100 * rope:g} percentage points." if rope is not None
            else "No region of practical equivalence is configured.") + "</li>"
         "<li><b>Scores</b> (beside the verdicts): Kruschke's BEST on per-prompt mean scores (Student-t per variant, "
-        "shared normality, broad priors): difference of means and effect size; and, since both variants answer "
-        "the same prompts, the paired version on per-prompt differences.</li></ul>"
+        "shared normality, broad priors): difference of locations and effect size; and, since both variants answer "
+        "the same prompts, the paired version on per-prompt differences. The Student-t treats a minority of very "
+        "toxic prompts as outliers, so BEST describes the typical prompt and can stay near 0 while the toxic-output "
+        "rate rises: the two analyses answer different questions.</li></ul>"
         "<h3>Verdicts</h3><ul>"
         + "".join(f"<li><i>{html.escape(name)}</i>: {html.escape(rule)}.</li>" for name, rule in VERDICT_RULES.items()
                   if (rope is None) == (name == NONE) or name in (MORE, LESS))

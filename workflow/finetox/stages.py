@@ -194,7 +194,8 @@ def _write_posterior(idata, path: str) -> None:
 
 def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], output: str,
             posterior: str, cores: int = 1) -> None:
-    """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit."""
+    """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit of the
+    variants' metrics."""
     from finetox.compare import compare_rates
     from finetox.metrics import comparison_units
 
@@ -207,7 +208,8 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: 
 
 def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str], output: str, posterior: str,
          cores: int = 1) -> None:
-    """BEST on per-prompt mean scores for every comparison of one probe set x protocol x scorer."""
+    """BEST on per-prompt mean scores (from the variants' score tables) for every comparison of one probe
+    set x protocol x scorer."""
     from finetox.compare import compare_scores
     from finetox.metrics import prompt_means
 

@@ -43,7 +43,7 @@ rule best:
         settings=STUDY.digest("comparisons"),
         seed=STUDY.seed,
     script:
-        "../scripts/best.py"
+        "../scripts/compare.py"
 
 
 rule comparisons_table:
