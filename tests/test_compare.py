@@ -7,7 +7,7 @@ import pytest
 from finetox.compare import (EQUIVALENT, LESS, MORE, NONE, UNDECIDED, DiagnosticsError, FitSettings, compare_rates,
                              compare_scores, exact_rate_difference, fit_rates, rate_draws, verdict)
 from finetox.config import Comparison
-from finetox.metrics import comparison_units, prompt_means, toxicity_metrics
+from finetox.metrics import comparison_units, toxicity_metrics
 
 SETTINGS = FitSettings(hdi_prob=0.95, prior="normal", prior_sigma=1.5, rope=0.01, draws=1000, tune=1000, chains=2, seed=3)
 UNIFORM = FitSettings(hdi_prob=0.95, prior="uniform", prior_sigma=1.5, rope=None, draws=2000, tune=1000, chains=2, seed=4)

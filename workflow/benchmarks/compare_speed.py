@@ -63,12 +63,11 @@ def main():
 
     # the compare stage: 20 comparisons (10 families: base->instruct, instruct->fine-tuned), 3 subsets each
     variants, comparisons = [], []
-    for family in range(7):
+    for family in range(10):
         base, instruct, tuned = f"f{family}-base", f"f{family}-instruct", f"f{family}-tuned"
         variants += [base, instruct, tuned]
         comparisons += [Comparison(f"{base}_vs_{instruct}", "base_vs_instruct", base, instruct),
                         Comparison(f"{instruct}_vs_{tuned}", "instruct_vs_finetuned", instruct, tuned)]
-    comparisons = comparisons[:20]
     counts = pd.DataFrame([
         {"variant": v, "subset": s, "n": n, "toxic": int(rng.binomial(n, 0.03)), "unit": "continuation"}
         for v in variants for s, n in (("toxic", 50_000), ("nontoxic", 50_000), ("all", 100_000))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -113,6 +113,7 @@ def finetune(model: ModelSource, recipe: Recipe, examples: pd.DataFrame, adapter
     )
     trainer = Trainer(model=peft_model, args=arguments, train_dataset=dataset, data_collator=_collate(pad_id))
     trainer.train()
+    shutil.rmtree(arguments.output_dir, ignore_errors=True)  # the Trainer's scratch: nothing is saved there
     adapter_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(adapter_dir, safe_serialization=True)
     history = [
@@ -120,5 +121,4 @@ def finetune(model: ModelSource, recipe: Recipe, examples: pd.DataFrame, adapter
         for h in trainer.state.log_history
         if "loss" in h
     ]
-    (adapter_dir / "finetox_recipe.json").write_text(json.dumps({"recipe": recipe.name, "examples": len(dataset)}))
     return pd.DataFrame(history)

@@ -47,6 +47,13 @@ def _provenance(study: Study, **details) -> dict:
     return {"config_hash": config_hash(study.raw), "seed": study.seed, **details}
 
 
+def _building(target: Path) -> Path:
+    """A fresh scratch directory beside `target`, to be moved into place by _publish_directory."""
+    build = target.with_name(f".{target.name}.building")
+    shutil.rmtree(build, ignore_errors=True)
+    return build
+
+
 def _publish_directory(build: Path, target: Path) -> None:
     """Move a finished directory into place: a failed job leaves no half-written directory behind."""
     if target.exists():
@@ -58,9 +65,7 @@ def demo_models(study: Study, corpus: str, instructions: str, base_dir: str, ins
     from finetox.demo import build_demo_models
 
     base, instruct = Path(base_dir), Path(instruct_dir)
-    scratch = [p.with_name(f".{p.name}.building") for p in (base, instruct)]
-    for path in scratch:
-        shutil.rmtree(path, ignore_errors=True)
+    scratch = [_building(base), _building(instruct)]
     losses = build_demo_models(Path(corpus), Path(instructions), scratch[0], scratch[1], seed=study.seed)
     for build, target in zip(scratch, (base, instruct)):
         _publish_directory(build, target)
@@ -76,8 +81,7 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
     recipe = variant.recipe
     examples = load_instructions(recipe.dataset, recipe.max_examples, recipe.training.seed)
     target = Path(adapter_dir)
-    build = target.with_name(f".{target.name}.building")
-    shutil.rmtree(build, ignore_errors=True)
+    build = _building(target)
     history = train_adapter(variant.model, recipe, examples, build)
     (build / "finetox.json").write_text(json.dumps(
         _provenance(study, variant=variant_name, recipe=study.raw["recipes"][recipe.name],
@@ -119,8 +123,7 @@ def generate(study: Study, variants: list[str], probe: str, protocol_name: str, 
     models = {study.variants[v].model for v in variants}
     if len(models) != 1:
         raise ValueError(f"one engine serves one checkpoint; variants {variants} use {sorted(m.name for m in models)}")
-    build = Path(output_dir).with_name(f".{Path(output_dir).name}.building")
-    shutil.rmtree(build, ignore_errors=True)
+    build = _building(Path(output_dir))
     build.mkdir(parents=True)
     settings = {**study.generation, "seed": protocol.seed}
     with BACKENDS[study.generation["backend"]](models.pop(), adapters, settings) as backend:
