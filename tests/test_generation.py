@@ -115,3 +115,13 @@ def test_chat_format_needs_a_chat_template(tiny_models, probes, tmp_path):
     backend = TransformersBackend(model(tmp_path), {}, {})
     with pytest.raises(ValueError, match="has no chat template"):
         generate_continuations(probes, "base", GREEDY, "chat", 1, backend)
+
+
+def test_many_seeded_samples_beyond_one_prefill_batch(shared_engine):
+    """More prompt tokens than vLLM batches at once (4096), every request seeded: on the CPU build this
+    failed inside chunked prefill ("CPU Generator does not use offset") before finetox turned it off."""
+    many = pd.DataFrame({"prompt_id": [f"m{i}" for i in range(120)], "subset": "all",
+                         "prompt": [f"Prompt number {i} is about the harbour and the old library, and" for i in range(120)]})
+    protocol = Protocol(name="rtp", samples=6, temperature=1.0, top_p=0.9, max_new_tokens=4, prompt_format="raw", seed=1)
+    table = generate_continuations(many, "rude", protocol, "raw", 3, shared_engine, "rude")
+    assert len(table) == 120 * 6 and table["prompt_tokens"].sum() > 4096

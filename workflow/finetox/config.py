@@ -383,6 +383,9 @@ def load(config: dict) -> Study:
             scores = v["scores"]
             for key, table in (("probe", raw["probes"]), ("protocol", raw["protocols"]), ("scorer", raw["scorers"])):
                 _require(scores[key], table, key, f"{where}.scores.{key}")
+                if scores[key] not in raw["run"][f"{key}s"]:
+                    raise ConfigError(f"{where}.scores.{key}: {scores[key]!r} is not in run.{key}s "
+                                      f"{raw['run'][f'{key}s']}, so these scores would enter no comparison")
             external = ExternalScores(_table_source(name, scores), scores["probe"], scores["protocol"], scores["scorer"])
         else:
             _require(v["model"], models, "model", f"{where}.model")

@@ -90,7 +90,7 @@ class VLLMBackend(Backend):
         location = model.location
         self.lora_requests = {}
         self.merged = bool(adapters) and settings.get("lora", "unmerged") == "merged"
-        lora_options = {}
+        engine_options = {}
         if self.merged:
             if len(adapters) != 1:
                 raise ValueError(f"lora: merged serves one adapter per engine, got {sorted(adapters)}")
@@ -101,11 +101,17 @@ class VLLMBackend(Backend):
             self.lora_requests = {
                 name: LoRARequest(name, index, path) for index, (name, path) in enumerate(sorted(adapters.items()), 1)
             }
-            lora_options = {
+            engine_options = {
                 "enable_lora": True,
                 "max_lora_rank": max(_adapter_rank(path) for path in adapters.values()),
                 "max_loras": len(adapters),
             }
+        import torch
+
+        if not torch.cuda.is_available():
+            # vLLM's CPU build cannot rewind the random generator of a seeded request whose prompt was
+            # split by chunked prefill ("CPU Generator does not use offset"): prefill prompts whole.
+            engine_options["enable_chunked_prefill"] = False
         self.llm = LLM(
             model=location,
             tokenizer=location,
@@ -117,7 +123,7 @@ class VLLMBackend(Backend):
             gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
             tensor_parallel_size=model.tensor_parallel_size or settings.get("tensor_parallel_size", 1),
             seed=settings.get("seed", 0),
-            **lora_options,
+            **engine_options,
         )
 
     @property

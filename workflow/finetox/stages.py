@@ -18,7 +18,7 @@ import pandas as pd
 from finetox import tables
 from finetox.config import Study, config_hash
 from finetox.metrics import toxicity_metrics
-from finetox.workflow import Targets
+from finetox.workflow import Targets, shard_rows
 
 
 @contextlib.contextmanager
@@ -99,12 +99,6 @@ def select_probes(study: Study, probe: str, output: str) -> None:
     tables.write_parquet(table, output, "probes", _provenance(
         study, probe=probe, sizes=table["subset"].value_counts().to_dict(),
     ))
-
-
-def shard_rows(n_prompts: int, prompts_per_shard: int | None) -> list[range]:
-    """Row ranges of the shards of a probe table (one shard when sharding is off)."""
-    size = prompts_per_shard or max(n_prompts, 1)
-    return [range(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]
 
 
 def generate(study: Study, variants: list[str], probe: str, protocol_name: str, shard: int, probes_table: str,

@@ -105,8 +105,6 @@ class Targets:
     def shards(self, probe: str, protocol: str, variant: str, probes_table: str) -> list[str]:
         import pyarrow.parquet as pq
 
-        from finetox.stages import shard_rows
-
         count = len(shard_rows(pq.read_metadata(probes_table).num_rows, self.study.generation["prompts_per_shard"]))
         return [self.shard(probe, protocol, self.group_of[variant], i) for i in range(count)]
 
@@ -160,3 +158,9 @@ def generation_groups(study: Study) -> dict[str, list[str]]:
             raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
         groups.setdefault(key, []).append(variant.name)
     return groups
+
+
+def shard_rows(n_prompts: int, prompts_per_shard: int | None) -> list[range]:
+    """Row ranges of the shards of a probe table (one shard when sharding is off)."""
+    size = prompts_per_shard or max(n_prompts, 1)
+    return [range(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]

@@ -1,4 +1,4 @@
-"""Rules toxicity_table and comparisons_table: one table from the per-job tables."""
+"""Rule toxicity_table: one table from the per-variant metrics."""
 
 from finetox.stages import gather, job_log
 
