@@ -14,8 +14,6 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
-COMPARISON_KINDS = ("base_vs_instruct", "instruct_vs_finetuned", "instruct_vs_community")
-
 
 class ConfigError(ValueError):
     """A config that finetox refuses, with a message naming the key and what is allowed."""
@@ -73,8 +71,6 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     if error.validator == "oneOf" and isinstance(error.instance, dict):
         choices = [" + ".join(map(repr, option.get("required", []))) for option in error.validator_value]
         return f"{where}: give exactly one of {' or '.join(choices)}"
-    if error.validator == "propertyNames":
-        return f"{where}: {error.message}"
     return f"{where}: {error.message}"
 
 

@@ -181,12 +181,12 @@ def _fit_settings(study: Study, cores: int):
     )
 
 
-def _write_posterior(idata, path: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    idata.to_netcdf(str(tmp))
-    tmp.replace(path)
+def _write_analysis(rows: pd.DataFrame, idata, output: str, posterior: str) -> None:
+    """One analysis' table and posterior (netCDF), each written atomically."""
+    with tables.atomic_path(posterior) as tmp:
+        idata.to_netcdf(str(tmp))
+    with tables.atomic_path(output) as tmp:
+        rows.to_csv(tmp, index=False)
 
 
 def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], output: str,
@@ -199,8 +199,7 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: 
     metrics = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
     rows, idata = compare_rates(comparison_units(metrics), comparisons, _fit_settings(study, cores))
-    _write_posterior(idata, posterior)
-    rows.assign(probe=probe, protocol=protocol, scorer=scorer).to_csv(output, index=False)
+    _write_analysis(rows.assign(probe=probe, protocol=protocol, scorer=scorer), idata, output, posterior)
 
 
 def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str], output: str, posterior: str,
@@ -213,8 +212,7 @@ def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list
     scores = pd.concat([tables.read_parquet(path, "scores") for path in score_files], ignore_index=True)
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
     rows, idata = compare_scores(prompt_means(scores), comparisons, _fit_settings(study, cores))
-    _write_posterior(idata, posterior)
-    rows.assign(probe=probe, protocol=protocol, scorer=scorer).to_csv(output, index=False)
+    _write_analysis(rows.assign(probe=probe, protocol=protocol, scorer=scorer), idata, output, posterior)
 
 
 def comparisons_table(rate_files: list[str], best_files: list[str], output: str) -> None:

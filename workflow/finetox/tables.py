@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -152,16 +153,28 @@ def conform(table: pd.DataFrame, schema: str, origin: str) -> pd.DataFrame:
     return out[list(columns) + extra]
 
 
-def write_parquet(table: pd.DataFrame, path: str | Path, schema: str, provenance: dict) -> None:
-    """Write atomically (a failed write leaves no partial file) with provenance in the file's metadata."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A scratch path beside `path`, moved onto it only when the write succeeds: a failed job never
+    leaves a half-written file, nor replaces a finished one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(table: pd.DataFrame, path: str | Path, schema: str, provenance: dict) -> None:
+    """Write atomically (a failed write leaves no partial file) with provenance in the file's metadata."""
     arrow = pa.Table.from_pandas(conform(table, schema, str(path)), preserve_index=False)
     meta = dict(arrow.schema.metadata or {})
     meta[b"finetox"] = json.dumps({**provenance, "versions": package_versions()}, default=str).encode()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
 
 
 def read_parquet(path: str | Path, schema: str) -> pd.DataFrame:
@@ -181,11 +194,8 @@ def provenance_of(path: str | Path) -> dict:
 
 
 def write_csv(table: pd.DataFrame, path: str | Path, schema: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    conform(table, schema, str(path)).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        conform(table, schema, str(path)).to_csv(tmp, index=False)
 
 
 def read_csv(path: str | Path, schema: str) -> pd.DataFrame:
