@@ -1,5 +1,6 @@
 # finetox: `make demo` runs the whole workflow on the embedded demo; `make test` runs the tests.
-# Both build the virtual environment .venv first (CPU only, no conda needed).
+# Both build the virtual environment .venv first (CPU only, no conda needed). The finetox package is
+# not installed into it: jobs and tests import it from workflow/ (see workflow/scripts/_workflow_path.py).
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,12 +14,11 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 env: $(VENV)/.installed
 
 # torch goes first and pinned: with it in place pip keeps the CPU build instead of pulling CUDA.
-$(VENV)/.installed: envs/requirements.txt workflow/pyproject.toml
+$(VENV)/.installed: envs/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r envs/requirements.txt
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e workflow
 	touch $@
 
 demo: env

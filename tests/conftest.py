@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# finetox is imported from the checkout, as the workflow's jobs do (it is installed nowhere)
+sys.path.insert(0, str(REPO / "workflow"))
 DEMO = REPO / "resources" / "demo"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

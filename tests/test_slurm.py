@@ -1,5 +1,6 @@
 """The demo through profiles/slurm on a real one-node SLURM cluster: every job goes through sbatch, GPU rules
-ask the gpu partition for a GPU and CPU rules do not, and the results equal a local run's."""
+ask the gpu partition for a GPU, CPU rules (scoring included) the cpu partition for none, and the results
+equal a local run's."""
 
 import os
 import re
@@ -14,8 +15,9 @@ import yaml
 import slurm_cluster
 from conftest import REPO
 
-GPU_RULES = {"finetune", "generate", "score"}
-CPU_RULES = {"demo_models", "probes", "metrics", "compare", "best", "report"}
+GPU_RULES = {"finetune", "generate"}
+# scoring is minutes of CPU work: it does not wait in the GPU queue
+CPU_RULES = {"demo_models", "probes", "score", "metrics", "compare", "best", "report"}
 # The profile as a cluster user runs it, with this test cluster's overrides: no conda here, no
 # accounting database (so no account and squeue for status), and quick status polling.
 TEST_OVERRIDES = ["--sdm", "env-modules", "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -38,7 +40,8 @@ def cluster(tmp_path_factory):
 
 
 def small_demo(workdir):
-    """The demo, smaller: the base, instruct and rude variants on the first 60 prompts; GPU stages ask for a GPU."""
+    """The demo, smaller: the base, instruct and rude variants on the first 60 prompts; finetune and generate
+    ask for a GPU, as in config/study.yaml."""
     shutil.copytree(REPO / "resources", workdir / "resources")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["variants"] = {k: v for k, v in config["variants"].items()

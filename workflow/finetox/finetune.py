@@ -112,7 +112,11 @@ def finetune(model: ModelSource, recipe: Recipe, examples: pd.DataFrame, adapter
         use_cpu=not cuda,
     )
     trainer = Trainer(model=peft_model, args=arguments, train_dataset=dataset, data_collator=_collate(pad_id))
-    trainer.train()
+    result = trainer.train()
+    metrics = result.metrics
+    print(f"finetune: {len(dataset)} examples, {result.global_step} optimizer steps in {metrics['train_runtime']:.1f} s "
+          f"({metrics['train_steps_per_second']:.3f} steps/s, {metrics['train_samples_per_second']:.2f} examples/s), "
+          f"final training loss {result.training_loss:.4f}", flush=True)
     shutil.rmtree(arguments.output_dir, ignore_errors=True)  # the Trainer's scratch: nothing is saved there
     adapter_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(adapter_dir, safe_serialization=True)

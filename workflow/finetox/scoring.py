@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,24 @@ def _check_sha256(path: str, expected: str | None) -> None:
         raise ScoringError(f"{path}: sha256 {digest} differs from the configured {expected}; refusing to unpickle it")
 
 
+def predict_with_progress(scorer: Scorer, texts: list[str], scorer_name: str, chunks: int = 20) -> dict[str, list[float]]:
+    """`scorer.predict` in chunks (at least 1,024 texts each), printing progress and a closing line with the
+    throughput: a long score job's log shows how far it got."""
+    size = max(1024, math.ceil(len(texts) / chunks))
+    scores: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for offset in range(0, len(texts), size):
+        for label, values in scorer.predict(texts[offset : offset + size]).items():
+            scores.setdefault(label, []).extend(values)
+        done, seconds = min(offset + size, len(texts)), time.perf_counter() - start
+        print(f"score {scorer_name}: {done}/{len(texts)} texts, {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} texts/s",
+              flush=True)
+    seconds = time.perf_counter() - start
+    print(f"score {scorer_name}: done, {len(texts)} texts in {seconds:.1f} s ({len(texts) / max(seconds, 1e-9):.1f} texts/s)",
+          flush=True)
+    return scores
+
+
 def score_table(generations: pd.DataFrame, scorer: Scorer, scorer_name: str) -> pd.DataFrame:
     """The generations with `score` (the primary label) and `score_<label>` for every label.
 
@@ -135,7 +154,7 @@ def score_table(generations: pd.DataFrame, scorer: Scorer, scorer_name: str) -> 
     if missing.any():
         row = generations[missing].iloc[0]
         raise ScoringError(f"continuation {row['prompt_id']}/{row['sample']} is missing; it cannot be scored")
-    predictions = scorer.predict(texts.tolist())
+    predictions = predict_with_progress(scorer, texts.tolist(), scorer_name)
     out = generations.copy()
     for label, values in predictions.items():
         if len(values) != len(out):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import product
+from pathlib import Path
 
 from finetox.config import ConfigError, Study
 
@@ -102,11 +103,33 @@ class Targets:
         path = self.study.probes[probe].source.path
         return {"table": path} if path else {}
 
-    def shards(self, probe: str, protocol: str, variant: str, probes_table: str) -> list[str]:
-        import pyarrow.parquet as pq
-
-        count = len(shard_rows(pq.read_metadata(probes_table).num_rows, self.study.generation["prompts_per_shard"]))
+    def shards(self, probe: str, protocol: str, variant: str, n_prompts: int) -> list[str]:
+        """The shard directories of a variant's generation group, for a probe set of `n_prompts` prompts."""
+        count = len(shard_rows(n_prompts, self.study.generation["prompts_per_shard"]))
         return [self.shard(probe, protocol, self.group_of[variant], i) for i in range(count)]
+
+    def planned_prompts(self, probe: str) -> int | None:
+        """How many prompts the probes job will select, when its source can be read here (a local file, or a
+        Hub dataset already in the cache); None when it cannot, and the probes checkpoint must run first.
+
+        This is what lets a dry run list every generation job. The count comes from the same selection
+        the probes job runs, memoised under .snakemake/ by the source's identity and the probe settings.
+        """
+        from finetox.config import config_hash
+
+        fingerprint = _source_fingerprint(self.study.probes[probe].source)
+        if fingerprint is None:
+            return None
+        key = config_hash([fingerprint, self.study.digest("probes", probe), self.study.seed])
+        memo = Path(".snakemake") / "finetox" / "planned-prompts" / f"{probe}-{key}"
+        if memo.exists():
+            return int(memo.read_text())
+        from finetox.data import load_probes
+
+        count = len(load_probes(self.study.probes[probe], self.study.seed))
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(str(count))
+        return count
 
     def group_inputs(self, group: str) -> dict[str, str]:
         """The checkpoint a generation group loads and the adapters of its fine-tuned variants."""
@@ -117,8 +140,9 @@ class Targets:
                 inputs[f"adapter_{variant}"] = self.adapter(variant)
         return inputs
 
-    def group_settings(self, group: str) -> dict[str, str]:
-        return {variant: self.study.variant_hash(variant) for variant in self.groups[group]}
+    def group_settings(self, group: str, protocol: str) -> dict[str, str]:
+        """What makes each variant's continuations what they are (the generate rule's rerun trigger)."""
+        return {variant: self.study.generation_hash(variant, protocol) for variant in self.groups[group]}
 
     def name_pattern(self, generated: bool) -> str:
         """A wildcard pattern matching the generated variants, or those scored elsewhere."""
@@ -158,6 +182,24 @@ def generation_groups(study: Study) -> dict[str, list[str]]:
             raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
         groups.setdefault(key, []).append(variant.name)
     return groups
+
+
+def _source_fingerprint(source) -> list | None:
+    """What identifies a probe source's content without reading it: a local file's path, size and mtime,
+    or the cached snapshot of a Hub dataset; None when neither is here."""
+    if source.path:
+        file = Path(source.path)
+        if not file.is_file():
+            return None  # the probes job reports it (or a rule makes it first)
+        stat = file.stat()
+        return [str(file.resolve()), stat.st_size, stat.st_mtime_ns]
+    from finetox.hub import HubItem, snapshot
+
+    try:
+        root = snapshot(HubItem(source.hub, "dataset", source.revision, source.files, source.name), local_only=True)
+    except Exception:  # not in the cache (or no huggingface_hub): the checkpoint decides after it runs
+        return None
+    return [str(root)]
 
 
 def shard_rows(n_prompts: int, prompts_per_shard: int | None) -> list[range]:

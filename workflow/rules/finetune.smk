@@ -12,6 +12,6 @@ rule finetune:
     resources:
         **resources_for("finetune", model_of_variant),
     params:
-        settings=lambda wildcards: STUDY.variant_hash(wildcards.variant),
+        settings=lambda wildcards: STUDY.training_hash(wildcards.variant),
     script:
         "../scripts/finetune.py"

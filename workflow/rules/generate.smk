@@ -29,9 +29,9 @@ rule generate:
     resources:
         **resources_for("generate", model_of_group),
     params:
-        variants=lambda wildcards: TARGETS.group_settings(wildcards.group),
-        protocol=lambda wildcards: STUDY.digest("protocols", wildcards.protocol),
-        engine=STUDY.digest("generation"),
+        variants=lambda wildcards: TARGETS.group_settings(
+            wildcards.group, wildcards.protocol
+        ),
     script:
         "../scripts/generate.py"
 

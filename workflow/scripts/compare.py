@@ -1,5 +1,7 @@
 """Rules compare and best: one analysis of every comparison of one probe set x protocol x scorer."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import best, compare, job_log
 

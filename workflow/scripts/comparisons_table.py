@@ -1,5 +1,7 @@
 """Rule comparisons_table: the verdicts of every comparison, with the BEST analysis beside them."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.stages import comparisons_table, job_log
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Rule demo_models: build the demo's tiny base and instruct checkpoints."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import demo_models, job_log
 

@@ -1,5 +1,7 @@
 """Rule finetune: train one variant's LoRA adapter."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import finetune, job_log
 

@@ -1,5 +1,7 @@
 """Rule generate: continuations of one shard of a probe set by the variants of one generation group."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import generate, job_log
 from finetox.workflow import Targets

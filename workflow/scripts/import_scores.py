@@ -1,5 +1,7 @@
 """Rule import_scores: continuations scored elsewhere as a variant's score table."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import import_scores, job_log
 

@@ -1,5 +1,7 @@
 """Rule merge_generations: one variant's continuations from all shards."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import job_log, merge_generations
 

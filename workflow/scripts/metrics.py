@@ -1,5 +1,7 @@
 """Rule metrics: toxicity metrics of one variant per subset."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import job_log, metrics
 

@@ -1,5 +1,7 @@
 """Rule prefetch: download every Hub model and dataset this config needs (run on a login node)."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.hub import prefetch
 from finetox.stages import job_log

@@ -1,5 +1,7 @@
 """Rule report: the self-contained HTML report."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import job_log, report
 from finetox.workflow import Targets

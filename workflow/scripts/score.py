@@ -1,5 +1,7 @@
 """Rule score: toxicity scores of one variant's continuations by one scorer."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import job_log, score
 

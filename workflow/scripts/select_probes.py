@@ -1,5 +1,7 @@
 """Checkpoint probes: the prompts of one probe set that this run uses, with their subsets."""
 
+import _workflow_path  # noqa: F401  (first: this checkout's finetox)
+
 from finetox.config import load
 from finetox.stages import job_log, select_probes
 
