@@ -48,6 +48,14 @@ def test_community_variants_are_compared_with_their_family_instruct(config):
         (lambda c: c["scorers"].update(bad={"type": "perspective-api"}), ["perspective-api", "detoxify", "offline"]),
         (lambda c: c["probes"]["demo"].update(subset={}), ["subset", "allowed keys", "subsets"]),
         (lambda c: c["protocols"]["demo"].update(temperature=0), ["greedy", "samples"]),
+        (lambda c: c["comparisons"]["pairs"][0].update(treatment="demo-instruct"),
+         ["comparisons.pairs['seed-control']", "both 'demo-instruct'", "two different variants"]),
+        (lambda c: c["comparisons"].update(draws=100), ["comparisons.draws x comparisons.chains = 100 x 2", "400"]),
+        (lambda c: c["probes"]["demo"].update(path="resources/demo/probes.jsnl"),
+         ["probes['demo'].path", "'.jsnl'", ".jsonl"]),
+        (lambda c: c["probes"]["demo"].update(path="resources/demo/missing.jsonl"),
+         ["probes['demo'].path", "missing.jsonl", "does not exist"]),
+        (lambda c: c["datasets"]["demo-rude"].update(path="rude.csv"), ["datasets['demo-rude'].path", "does not exist"]),
     ],
 )
 def test_bad_config_names_the_key_and_what_is_allowed(config, mutate, expected):
@@ -91,7 +99,7 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     assert run.returncode == 0, run.stdout + run.stderr
     assert "results/generations/demo/demo/only-one.parquet" in run.stdout
     assert job_counts(run.stdout) == {
-        "probes": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1,
+        "probes": 1, "generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1,
         "report": 1, "all": 1,
     }
 
@@ -107,3 +115,22 @@ def test_job_requests_merge_stage_and_model_settings_and_grow_with_attempts(conf
     assert study.resources("generate", "demo-instruct", attempt=2)["runtime"] == 240
     assert study.resources("metrics") == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
     assert study.models["demo-instruct"].tensor_parallel_size == 2
+
+
+def test_a_key_repeated_in_a_config_file_is_refused_naming_the_line(tmp_path):
+    """Snakemake's YAML reader keeps the second of two equal keys; finetox reads the files again and refuses."""
+    text = (REPO / "config/config.yaml").read_text()
+    text = text.replace("variants:\n", "variants:\n  demo-base: {family: demo, role: base, model: demo-instruct}\n", 1)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "key 'demo-base' is given twice in one mapping" in run.stdout + run.stderr
+
+
+def test_table_file_types_agree_with_the_readers():
+    from finetox.config import TABLE_SUFFIXES
+    from finetox.data import READERS
+
+    assert sorted(TABLE_SUFFIXES) == sorted(READERS)

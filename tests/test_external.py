@@ -66,3 +66,26 @@ def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_pat
     assert counts["import_scores"] == 1 and counts["score"] == 5 and counts["metrics"] == 6
     assert "results/scores/demo/demo/profanity/notebook-finetune.parquet" in run.stdout
     assert "generations/demo/demo/notebook-finetune" not in run.stdout
+
+
+def test_a_failed_jobs_log_ends_with_its_error(tmp_path):
+    """Snakemake points the user at the job's log (on a cluster the only place they look): the error is in it,
+    last. Here an external table with a score of 'high' fails its import job."""
+    shutil.copytree(REPO / "resources", tmp_path / "resources")
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (tmp_path / "theirs.csv").write_text("prompt,s\nYou stupid idiot,high\n")
+    config["variants"]["notebook-finetune"] = {
+        "family": "demo", "role": "community",
+        "scores": {"path": str(tmp_path / "theirs.csv"), "columns": {"score": "s"},
+                   "probe": "demo", "protocol": "demo", "scorer": "profanity"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    target = "results/scores/demo/demo/profanity/notebook-finetune.parquet"
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(path),
+                          "-d", str(tmp_path), target], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0
+    log = (tmp_path / "logs/import_scores/demo/demo/profanity/notebook-finetune.log").read_text()
+    assert log.strip().splitlines()[-1].startswith("finetox.data.DataError: ")
+    assert "row 0: score 'high' is not a number in [0, 1]" in log.strip().splitlines()[-1]
+    assert "Traceback" in log and not (tmp_path / target).exists()

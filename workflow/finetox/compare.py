@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from finetox.config import Comparison
+from finetox.config import MIN_ESS, Comparison
 
 MORE, LESS, NONE = "more toxic", "less toxic", "no credible difference"
 EQUIVALENT, UNDECIDED = "practically equivalent", "undecided"
@@ -49,7 +49,7 @@ class FitSettings:
     seed: int
     cores: int = 1
     max_r_hat: float = 1.01
-    min_ess: float = 400
+    min_ess: float = MIN_ESS
 
     def doubled(self) -> "FitSettings":
         return FitSettings(**{**vars(self), "draws": 2 * self.draws, "tune": 2 * self.tune})

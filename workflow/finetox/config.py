@@ -323,6 +323,24 @@ def _require(name: str, table: dict, what: str, where: str) -> None:
         raise ConfigError(f"{where}: unknown {what} {name!r}; declared {what}s: {allowed}")
 
 
+# the effective sample size every posterior must reach (finetox.compare's gate)
+MIN_ESS = 400
+# the file types finetox reads tables from (finetox.data.READERS)
+TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def _check_local_table(where: str, source: TableSource) -> None:
+    """A local table the run reads must exist and be of a type finetox reads, before any job starts."""
+    if not source.path:
+        return
+    path = Path(source.path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ConfigError(f"{where}.path: {source.path!r} has type {path.suffix!r}; finetox reads {list(TABLE_SUFFIXES)}")
+    if not path.is_file():
+        raise ConfigError(f"{where}.path: {source.path!r} does not exist (relative paths are read from the "
+                          f"working directory, {Path.cwd()})")
+
+
 def _table_source(name: str, raw: dict) -> TableSource:
     return TableSource(
         name=name,
@@ -360,6 +378,9 @@ def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, 
     for pair in pairs:
         for side in ("baseline", "treatment"):
             _require(pair[side], variants, "variant", f"comparisons.pairs[{pair['name']!r}].{side}")
+        if pair["baseline"] == pair["treatment"]:
+            raise ConfigError(f"comparisons.pairs[{pair['name']!r}]: baseline and treatment are both "
+                              f"{pair['baseline']!r}; a comparison needs two different variants")
         if pair["name"] in comparisons:
             raise ConfigError(f"comparisons.pairs: name {pair['name']!r} is already used by a derived comparison")
         comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"])
@@ -462,6 +483,16 @@ def load(config: dict) -> Study:
             _require(item, table, key[:-1], f"run.{key}")
     comps = raw["comparisons"]
     comparisons = derive_comparisons(variants, comps["kinds"], comps["pairs"])
+    if comps["draws"] * comps["chains"] < MIN_ESS:
+        raise ConfigError(
+            f"comparisons.draws x comparisons.chains = {comps['draws']} x {comps['chains']} draws, fewer than the "
+            f"effective sample size of {MIN_ESS} that every fit must reach: give at least {MIN_ESS} draws in all"
+        )
+    used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
+    used_tables += [(f"datasets[{v.recipe.dataset.name!r}]", v.recipe.dataset) for v in variants.values() if v.recipe]
+    used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
+    for where, source in used_tables:
+        _check_local_table(where, source)
     return Study(
         raw=raw,
         seed=seed,
@@ -479,5 +510,29 @@ def load(config: dict) -> Study:
     )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (the plain loader silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys that the mapping may override: not a repeat
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: key {key!r} is given twice "
+                    f"in one mapping (first on line {seen[key] + 1}); YAML would silently keep the second"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file as Snakemake reads it, but refusing repeated keys (a variant declared twice)."""
+    with open(path) as stream:
+        return yaml.load(stream, Loader=_StrictLoader)
+
+
 def load_file(path: str | Path) -> Study:
-    return load(yaml.safe_load(Path(path).read_text()))
+    return load(read_config_file(path))

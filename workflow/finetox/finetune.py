@@ -40,15 +40,22 @@ def _collate(pad_id: int):
     return collate
 
 
+def _require_bitsandbytes(training) -> None:
+    """QLoRA (a 4-bit base, 8-bit AdamW: the study's precision) needs bitsandbytes: say so before loading."""
+    wanted = [key for key, on in (("training.load_in_4bit", training.load_in_4bit),
+                                  (f"training.optimizer: {training.optimizer}", "8bit" in training.optimizer)) if on]
+    if wanted:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError(f"{' and '.join(wanted)} need bitsandbytes (envs/train.yaml has it) and a CUDA GPU") from err
+
+
 def load_base_for_training(model: ModelSource, load_in_4bit: bool):
     from transformers import AutoModelForCausalLM
 
     options = {"revision": model.revision, "trust_remote_code": model.trust_remote_code, "dtype": model.dtype}
     if load_in_4bit:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError("training.load_in_4bit needs bitsandbytes and a CUDA GPU; pip install bitsandbytes") from err
         import torch
         from transformers import BitsAndBytesConfig
 
@@ -71,6 +78,7 @@ def finetune(model: ModelSource, recipe: Recipe, examples: pd.DataFrame, adapter
 
     check_template(recipe.template)
     training = recipe.training
+    _require_bitsandbytes(training)
     set_seed(training.seed)
     tokenizer = AutoTokenizer.from_pretrained(
         model.location, revision=model.revision, trust_remote_code=model.trust_remote_code

@@ -4,11 +4,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from finetox.config import load as load_study
+from finetox.config import load as load_study, read_config_file
 from finetox.hub import preflight
 from finetox.workflow import Targets
 
-# Validates the config (schema and cross-references) before any job is planned.
+# Validates the config (schema and cross-references) before any job is planned; Snakemake's YAML reader
+# keeps the last of two equal keys, so its files are read again, strictly.
+for configfile_path in workflow.configfiles:
+    read_config_file(configfile_path)
 STUDY = load_study(config)
 TARGETS = Targets(STUDY)
 
