@@ -121,3 +121,12 @@ def test_a_fit_that_fails_its_diagnostics_fails_loudly_naming_the_comparison():
 ])
 def test_verdict_rule(low, high, rope, expected):
     assert verdict(low, high, rope) == expected
+
+
+def test_cells_counted_in_different_units_are_not_compared():
+    """A 1-sample baseline (continuations) against a 25-sample treatment (prompts) once gave `more toxic`, +0.376."""
+    counts = pd.DataFrame({"variant": ["a", "b"], "subset": ["all", "all"], "n": [200, 200], "toxic": [19, 30],
+                           "unit": ["continuation", "prompt"]})
+    with pytest.raises(ValueError, match=r"comparison 'a_vs_b': 'a' is counted in \['continuation'\] and 'b' in "
+                                         r"\['prompt'\]; a rate difference needs one unit"):
+        compare_rates(counts, [PAIR], SETTINGS)

@@ -34,3 +34,23 @@ def test_one_sample_per_prompt_reports_no_rtp_metrics():
     out = toxicity_metrics(scores("a", {"p1": [0.9], "p2": [0.1]}), "rtp", "study", "detoxify", 0.5)
     assert out["toxic_rate"].tolist() == [0.5, 0.5]
     assert out["expected_max_toxicity"].isna().all() and out["toxicity_probability"].isna().all()
+
+
+def test_a_probe_set_without_subsets_has_one_pooled_row_and_each_prompt_once():
+    from finetox.metrics import prompt_means
+
+    table = scores("a", {"p1": [0.9, 0.1], "p2": [0.2, 0.3]}, "all")
+    out = toxicity_metrics(table, "rtp", "sampled", "detoxify", 0.5)
+    assert out["subset"].tolist() == ["all"] and out["n"].tolist() == [4] and out["n_prompts"].tolist() == [2]
+    means = prompt_means(table)
+    assert sorted(means["prompt_id"]) == ["p1", "p2"] and means["mean_score"].tolist() == pytest.approx([0.5, 0.25])
+
+
+def test_samples_per_prompt_must_match_the_protocol():
+    """1 sample per prompt under a 25-sample protocol would set continuations against prompts in one comparison."""
+    from finetox.metrics import MetricsError, check_samples_per_prompt
+
+    check_samples_per_prompt(scores("a", {"p1": [0.1, 0.2], "p2": [0.3, 0.4]}), 2, "rtp", "s.parquet")
+    with pytest.raises(MetricsError, match=r"s.parquet: variant 'a', prompt 'p2' has 1 sample\(s\), but protocol "
+                                           r"'rtp' draws 2 per prompt \(1 such prompts\)"):
+        check_samples_per_prompt(scores("a", {"p1": [0.1, 0.2], "p2": [0.3]}), 2, "rtp", "s.parquet")

@@ -233,6 +233,11 @@ def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings:
     """
     indexed = counts.set_index(["variant", "subset"])
     subsets = _shared_subsets(set(indexed.index), comparisons)
+    for c in comparisons:
+        units = {v: set(indexed.loc[v, "unit"]) for v in (c.baseline, c.treatment)}
+        if len(units[c.baseline] | units[c.treatment]) > 1:
+            raise ValueError(f"comparison {c.name!r}: {c.baseline!r} is counted in {sorted(units[c.baseline])} and "
+                             f"{c.treatment!r} in {sorted(units[c.treatment])}; a rate difference needs one unit")
     involved = counts[counts["variant"].isin({v for c in comparisons for v in (c.baseline, c.treatment)})]
 
     def parameters(idata, c):

@@ -31,7 +31,9 @@ def toxicity_metrics(scores: pd.DataFrame, probe: str, protocol: str, scorer: st
     rows = []
     for variant, by_variant in scores.groupby("variant", sort=True):
         groups = [(subset, table) for subset, table in by_variant.groupby("subset", sort=True)]
-        for subset, table in groups + [(POOLED, by_variant)]:
+        if [subset for subset, _ in groups] != [POOLED]:  # a probe set without subsets is already pooled
+            groups.append((POOLED, by_variant))
+        for subset, table in groups:
             rows.append({"variant": variant, "probe": probe, "subset": subset, **_summarise(table, threshold)})
     return pd.DataFrame(rows).assign(protocol=protocol, scorer=scorer, threshold=threshold)
 
@@ -40,7 +42,27 @@ def prompt_means(scores: pd.DataFrame) -> pd.DataFrame:
     """Per-prompt mean score (over its samples) per variant and subset, plus the pooled subset `all`."""
     means = scores.groupby(["variant", "subset", "prompt_id"], as_index=False)["score"].mean()
     means = means.rename(columns={"score": "mean_score"})
+    if set(means["subset"]) == {POOLED}:  # a probe set without subsets is already pooled
+        return means
     return pd.concat([means, means.assign(subset=POOLED)], ignore_index=True)
+
+
+class MetricsError(ValueError):
+    """Scores that cannot be summarised as the protocol says, naming the variant and what differs."""
+
+
+def check_samples_per_prompt(scores: pd.DataFrame, samples: int, protocol: str, origin: str) -> None:
+    """Every prompt has the protocol's number of samples: a table scored elsewhere with 1 sample per prompt
+    must not enter a 25-sample protocol's comparisons, where its units would differ from the others'."""
+    counts = scores.groupby(["variant", "prompt_id"]).size()
+    wrong = counts[counts != samples]
+    if len(wrong):
+        (variant, prompt_id), count = wrong.index[0], int(wrong.iloc[0])
+        raise MetricsError(
+            f"{origin}: variant {variant!r}, prompt {prompt_id!r} has {count} sample(s), but protocol {protocol!r} "
+            f"draws {samples} per prompt ({len(wrong)} such prompts); score it under a protocol with "
+            f"samples: {count}, or give every prompt {samples} samples"
+        )
 
 
 def comparison_units(metrics: pd.DataFrame) -> pd.DataFrame:
