@@ -130,3 +130,21 @@ def test_cells_counted_in_different_units_are_not_compared():
     with pytest.raises(ValueError, match=r"comparison 'a_vs_b': 'a' is counted in \['continuation'\] and 'b' in "
                                          r"\['prompt'\]; a rate difference needs one unit"):
         compare_rates(counts, [PAIR], SETTINGS)
+
+
+def test_a_best_fit_that_fails_its_gates_is_reported_as_failed_and_does_not_raise():
+    """BEST is secondary: starved of draws it fails its gates; the rows say so, with no estimates, and the rate
+    verdicts are not blocked (the stage writes the table; tests/test_workflow.py runs it through Snakemake)."""
+    from finetox.compare import best_failed
+
+    rng = np.random.default_rng(2)
+    means = pd.DataFrame([(v, "toxic", f"p{i}", x) for v in "ab" for i, x in enumerate(rng.beta(2, 8, 30))],
+                         columns=["variant", "subset", "prompt_id", "mean_score"])
+    starved = FitSettings(hdi_prob=0.95, prior="normal", prior_sigma=1.5, rope=0.01, draws=5, tune=5, chains=2, seed=1)
+    rows, _ = compare_scores(means, [PAIR], starved)
+    assert rows["best_status"].str.startswith("failed: ").all() and "ess_bulk" in rows["best_status"].iloc[0]
+    assert rows["score_diff_mean"].isna().all() and rows["best_ess_bulk"].notna().all()
+    ok, _ = compare_scores(means, [PAIR], SETTINGS)
+    assert (ok["best_status"] == "ok").all() and ok["score_diff_mean"].notna().all()
+    failed = best_failed([PAIR], {"a_vs_b": ["toxic", "all"]}, ValueError("sigma is 0"))
+    assert failed["best_status"].tolist() == ["failed: ValueError: sigma is 0"] * 2

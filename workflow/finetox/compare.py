@@ -190,7 +190,7 @@ def _draws(idata, var: str, dim: str, name: str) -> np.ndarray:
     return idata.posterior[var].sel({dim: name}).values.reshape(-1)
 
 
-def _shared_subsets(cells: set[tuple[str, str]], comparisons: list[Comparison]) -> dict[str, list[str]]:
+def shared_subsets(cells: set[tuple[str, str]], comparisons: list[Comparison]) -> dict[str, list[str]]:
     subsets = {}
     for c in comparisons:
         shared = {s for v, s in cells if v == c.baseline} & {s for v, s in cells if v == c.treatment}
@@ -200,18 +200,19 @@ def _shared_subsets(cells: set[tuple[str, str]], comparisons: list[Comparison]) 
     return subsets
 
 
-def gated(fit, parameters, comparisons: list[Comparison], settings: FitSettings, what: str):
+def gated(fit, parameters, comparisons: list[Comparison], settings: FitSettings, what: str, strict: bool = True):
     """Fit; if the parameters of any comparison fail a gate, refit once with twice the draws; then fail
-    loudly, naming the comparisons and diagnostics. `parameters(c)` gives (var_names, coords) of c."""
+    loudly, naming the comparisons and diagnostics (strict), or return the failures by comparison for the
+    caller to report. `parameters(c)` gives (var_names, coords) of c. Returns (idata, diagnostics, failures)."""
 
     def check(idata):
-        report, failures = {}, []
+        report, failures = {}, {}
         for c in comparisons:
             var_names, coords = parameters(idata, c)
             report[c.name] = diagnostics(idata, var_names, coords)
             problems = failed_gates(report[c.name], settings)
             if problems:
-                failures.append(f"comparison {c.name}: {'; '.join(problems)}")
+                failures[c.name] = "; ".join(problems)
         return report, failures
 
     idata = fit(settings)
@@ -219,10 +220,11 @@ def gated(fit, parameters, comparisons: list[Comparison], settings: FitSettings,
     if failures:
         idata = fit(settings.doubled())
         report, failures = check(idata)
-        if failures:
+        if failures and strict:
             raise DiagnosticsError(f"{what}: the posterior fails its diagnostics after a refit with "
-                                   f"{2 * settings.draws} draws per chain: " + " | ".join(failures))
-    return idata, report
+                                   f"{2 * settings.draws} draws per chain: "
+                                   + " | ".join(f"comparison {name}: {problems}" for name, problems in failures.items()))
+    return idata, report, failures
 
 
 def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings: FitSettings) -> tuple[pd.DataFrame, object]:
@@ -232,7 +234,7 @@ def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings:
     number of cells, not with the number of continuations.
     """
     indexed = counts.set_index(["variant", "subset"])
-    subsets = _shared_subsets(set(indexed.index), comparisons)
+    subsets = shared_subsets(set(indexed.index), comparisons)
     for c in comparisons:
         units = {v: set(indexed.loc[v, "unit"]) for v in (c.baseline, c.treatment)}
         if len(units[c.baseline] | units[c.treatment]) > 1:
@@ -244,7 +246,7 @@ def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings:
         dim = [d for d in idata.posterior["cell"].dims if d not in ("chain", "draw")][0]
         return ["cell"], {dim: [_cell(v, s) for v in (c.baseline, c.treatment) for s in subsets[c.name]]}
 
-    idata, diag = gated(lambda s: fit_rates(involved, s), parameters, comparisons, settings, "rates")
+    idata, diag, _ = gated(lambda s: fit_rates(involved, s), parameters, comparisons, settings, "rates")
     rate = rate_draws(idata)
     rows = []
     for c in comparisons:
@@ -272,14 +274,15 @@ def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
                    settings: FitSettings) -> tuple[pd.DataFrame, object]:
     """BEST beside the verdicts: per comparison and subset, the difference of mean scores with its HDI and
     effect size, and the paired difference. `prompt_scores`: variant, subset, prompt_id, mean_score."""
-    subsets = _shared_subsets(set(zip(prompt_scores["variant"], prompt_scores["subset"])), comparisons)
+    subsets = shared_subsets(set(zip(prompt_scores["variant"], prompt_scores["subset"])), comparisons)
     groups = _two_sample_groups(prompt_scores, comparisons, subsets)
 
     def parameters(idata, c):
         names = [f"{c.name}|{s}|{role}" for s in subsets[c.name] for role in ("baseline", "treatment", "paired")]
         return ["mu", "sigma"], {"group": names}
 
-    idata, diag = gated(lambda s: fit_best(groups, s), parameters, comparisons, settings, "BEST")
+    # BEST is secondary: a fit that fails its gates is reported as failed, and never blocks the verdicts
+    idata, diag, failures = gated(lambda s: fit_best(groups, s), parameters, comparisons, settings, "BEST", strict=False)
     sizes = {(c, s, role): len(v) for c, s, role, v in groups}
     rows = []
     for c in comparisons:
@@ -298,7 +301,21 @@ def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
                 "paired_hdi_high": paired["hdi_high"], "paired_prompts": sizes[(c.name, subset, "paired")],
                 **{f"best_{k}": v for k, v in diag[c.name].items()},
             })
+            if c.name in failures:  # estimates of a posterior that failed its gates are not reported
+                rows[-1].update({key: np.nan for key in BEST_ESTIMATES})
+            rows[-1]["best_status"] = f"failed: {failures[c.name]}" if c.name in failures else "ok"
     return pd.DataFrame(rows), idata
+
+
+def best_failed(comparisons: list[Comparison], subsets: dict[str, list[str]], error: Exception) -> pd.DataFrame:
+    """BEST's rows when the fit itself could not run: every estimate missing, the error as its status."""
+    return pd.DataFrame([{"comparison": c.name, "subset": s, **{key: np.nan for key in BEST_ESTIMATES},
+                          "best_status": f"failed: {type(error).__name__}: {error}"}
+                         for c in comparisons for s in subsets[c.name]])
+
+
+BEST_ESTIMATES = ("score_diff_mean", "score_hdi_low", "score_hdi_high", "effect_size_mean", "effect_size_hdi_low",
+                  "effect_size_hdi_high", "paired_diff_mean", "paired_hdi_low", "paired_hdi_high")
 
 
 def exact_rate_difference(k_base: int, n_base: int, k_treat: int, n_treat: int, draws: int, seed: int) -> np.ndarray:
