@@ -324,5 +324,5 @@ def test_the_login_node_environment_plans_the_demo_and_evaluates_past_the_probes
     config["probes"]["demo"] = {"hub": "example/not-cached", "files": ["prompts.jsonl"], "columns": {"prompt": "text"}}
     (workdir / "hub.yaml").write_text(yaml.safe_dump(config))
     (workdir / "results/probes/demo.parquet").unlink()
-    hub = job_counts(login_snakemake(login_venv, workdir, "-n", "--configfile", "hub.yaml"))
+    hub = job_counts(login_snakemake(login_venv, workdir, "-n", "--configfile", str(workdir / "hub.yaml")))
     assert hub["probes"] == 1 and "generate" not in hub
