@@ -112,3 +112,36 @@ def test_instructions_keep_dolly_columns_and_fill_missing_context(tmp_path):
     table = load_instructions(source(path), max_examples=2, seed=0)
     assert list(table.columns) == ["instruction", "context", "response"]
     assert len(table) == 2 and (table["context"] == "").all()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_tables_are_read_as_written(tmp_path, suffix):
+    """Ids `01` and `007` stay distinct strings, a prompt `NA` is text, responses `None` and `N/A` are trained as
+    written: only an empty CSV field (or a JSON null) is missing."""
+    probes = pd.DataFrame({"id": ["01", "007", "1"], "text": ["NA", "None", "null"], "prompt_toxicity": [0.9, 0.1, 0.2]})
+    instructions = pd.DataFrame({"instruction": ["NA", "b"], "response": ["None", "N/A"]})
+    paths = {}
+    for name, table in (("probes", probes), ("instructions", instructions)):
+        paths[name] = tmp_path / f"{name}.{suffix}"
+        if suffix == "csv":
+            table.to_csv(paths[name], index=False)
+        else:
+            table.to_json(paths[name], orient="records", lines=True)
+    loaded = load_probes(ProbeSet(source(paths["probes"], {"id": "id", "prompt": "text"}), SUBSETS, None), 0)
+    assert loaded["prompt_id"].tolist() == ["01", "007", "1"] and loaded["prompt"].tolist() == ["NA", "None", "null"]
+    assert loaded["subset"].tolist() == ["toxic", "nontoxic", "nontoxic"]
+    examples = load_instructions(source(paths["instructions"]), None, 0)
+    assert examples["instruction"].tolist() == ["NA", "b"] and examples["response"].tolist() == ["None", "N/A"]
+
+
+def test_instructions_refuse_an_unmapped_alpaca_input_and_an_empty_response(tmp_path):
+    alpaca = tmp_path / "alpaca.jsonl"
+    pd.DataFrame({"instruction": ["a"], "input": ["ctx"], "output": ["x"]}).to_json(alpaca, orient="records", lines=True)
+    with pytest.raises(DataError, match=r"column 'input' would be dropped; map it as the context"):
+        load_instructions(source(alpaca, {"response": "output"}), None, 0)
+    mapped = load_instructions(source(alpaca, {"response": "output", "context": "input"}), None, 0)
+    assert mapped["context"].tolist() == ["ctx"]
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame({"instruction": ["a", "b"], "response": ["x", ""]}).to_csv(empty, index=False)
+    with pytest.raises(DataError, match=r"empty.csv: row 1: empty 'response'"):
+        load_instructions(source(empty), None, 0)

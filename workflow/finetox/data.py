@@ -10,12 +10,16 @@ import pandas as pd
 
 from finetox.config import ProbeSet, TableSource
 
+# Tables are read as written: text stays text (ids `007` and prompts `NA` are not numbers or missing
+# values); only an empty CSV field or a JSON null is missing. `text` names the columns read as strings.
 READERS = {
-    ".csv": pd.read_csv,
-    ".jsonl": lambda p: pd.read_json(p, lines=True),
-    ".json": pd.read_json,
-    ".parquet": pd.read_parquet,
+    ".csv": lambda p, text: pd.read_csv(p, dtype={c: str for c in text}, keep_default_na=False, na_values=[""]),
+    ".jsonl": lambda p, text: pd.read_json(p, lines=True, dtype=False, convert_dates=False),
+    ".json": lambda p, text: pd.read_json(p, dtype=False, convert_dates=False),
+    ".parquet": lambda p, text: pd.read_parquet(p),
 }
+# finetox's text columns, which a source's mapping may rename
+TEXT_COLUMNS = ("id", "prompt", "instruction", "context", "response", "continuation", "chosen", "rejected")
 
 OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -26,7 +30,7 @@ class DataError(ValueError):
     """A table finetox cannot use, with a message naming the file and what is wrong."""
 
 
-def _read_local(path: str) -> pd.DataFrame:
+def _read_local(path: str, text: tuple[str, ...] = ()) -> pd.DataFrame:
     file = Path(path)
     if not file.exists():
         raise DataError(f"{path}: file not found")
@@ -34,7 +38,7 @@ def _read_local(path: str) -> pd.DataFrame:
     if reader is None:
         raise DataError(f"{path}: unsupported file type {file.suffix!r}; use one of {sorted(READERS)}")
     try:
-        table = reader(file)
+        table = reader(file, text)
     except Exception as err:  # every reader has its own error types
         raise DataError(f"{path}: cannot be read as {file.suffix} ({type(err).__name__}: {err})") from err
     if table.empty:
@@ -57,7 +61,12 @@ def _read_hub(source: TableSource) -> pd.DataFrame:
     files = sorted({f for pattern in source.files for f in root.glob(pattern) if f.is_file()})
     if not files:
         raise DataError(f"dataset {source.hub!r}: no file in {root} matches {list(source.files)} (config key `files`)")
-    return pd.concat([_read_local(str(f)) for f in files], ignore_index=True)
+    return pd.concat([_read_local(str(f), _text_columns(source)) for f in files], ignore_index=True)
+
+
+def _text_columns(source: TableSource) -> tuple[str, ...]:
+    """The source's own names of finetox's text columns (the top level of a dotted mapping)."""
+    return tuple(sorted({source.columns.get(c, c).split(".")[0] for c in TEXT_COLUMNS}))
 
 
 def _column(table: pd.DataFrame, spec: str, origin: str) -> pd.Series:
@@ -74,7 +83,7 @@ def _column(table: pd.DataFrame, spec: str, origin: str) -> pd.Series:
 def read_table(source: TableSource, required: tuple[str, ...]) -> pd.DataFrame:
     """The source's rows with finetox's column names (mapped ones renamed, the others kept)."""
     origin = source.path or f"hub:{source.hub}"
-    table = _read_local(source.path) if source.path else _read_hub(source)
+    table = _read_local(source.path, _text_columns(source)) if source.path else _read_hub(source)
     if source.limit:
         table = table.head(source.limit)
     mapped = {ours: _column(table, theirs, origin) for ours, theirs in source.columns.items()}
@@ -144,10 +153,19 @@ def _matches(table: pd.DataFrame, filters, origin: str) -> pd.Series:
 
 def load_instructions(source: TableSource, max_examples: int | None, seed: int) -> pd.DataFrame:
     """Instruction-tuning examples with Dolly's columns; a missing context becomes ''."""
+    origin = source.path or f"hub:{source.hub}"
     table = read_table(source, required=("instruction", "response"))
     if "context" not in table.columns:
+        if "input" in table.columns:  # Alpaca's name for it: never drop it silently
+            raise DataError(f"{origin}: column 'input' would be dropped; map it as the context with "
+                            f"`columns: {{context: input}}` (or drop it from the file)")
         table["context"] = ""
-    table = table[list(INSTRUCTION_COLUMNS)].fillna("")
+    for column in ("instruction", "response"):
+        missing = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if missing.any():
+            raise DataError(f"{origin}: row {int(np.flatnonzero(missing)[0])}: empty {column!r} "
+                            f"({int(missing.sum())} such rows); an example must have both")
+    table = table[list(INSTRUCTION_COLUMNS)].fillna({"context": ""})
     if max_examples and max_examples < len(table):
         table = table.sample(n=max_examples, random_state=seed).sort_index()
     return table.reset_index(drop=True)
