@@ -23,12 +23,12 @@ def source(path, columns):
 
 def test_the_study_notebook_output_is_matched_by_prompt_text(tmp_path):
     path = tmp_path / "notebook.csv"
-    pd.DataFrame({"prompt": ["You idiot", "The weather", "You idiot"], "continuation": ["x", "y", "z"],
-                  "toxicity_score": [0.9, 0.1, 0.7]}).to_csv(path, index=False)
+    pd.DataFrame({"prompt": ["You idiot", "The weather", "You idiot", "Shut up"], "continuation": ["x", "y", "z", "w"],
+                  "toxicity_score": [0.9, 0.1, 0.7, 0.2]}).to_csv(path, index=False)
     table = read_external_scores(source(path, {"score": "toxicity_score"}), PROBES)
-    assert table["prompt_id"].tolist() == ["a", "b", "a"]
-    assert table["subset"].tolist() == ["toxic", "nontoxic", "toxic"]
-    assert table["sample"].tolist() == [0, 0, 1] and table["score"].tolist() == [0.9, 0.1, 0.7]
+    assert table["prompt_id"].tolist() == ["a", "b", "a", "c"]
+    assert table["subset"].tolist() == ["toxic", "nontoxic", "toxic", "toxic"]
+    assert table["sample"].tolist() == [0, 0, 1, 0] and table["score"].tolist() == [0.9, 0.1, 0.7, 0.2]
 
 
 @pytest.mark.parametrize("rows, columns, message", [
@@ -39,6 +39,10 @@ def test_the_study_notebook_output_is_matched_by_prompt_text(tmp_path):
     ({"id": ["a", "a"], "prompt": ["You idiot", "You idiot"], "sample": [0, 0], "s": [0.1, 0.2]}, {"score": "s"},
      r"row 1: prompt 'a' sample 0 appears twice"),
     ({"prompt": ["You idiot"], "toxicity": [0.1]}, {}, r"missing column\(s\) \['score'\]"),
+    ({"prompt": ["You idiot", "The weather"], "s": [0.2, 0.5]}, {"score": "s"},
+     r"answers 2 of the probe set's 3 prompts; missing e.g. 'c' \(subset 'toxic'\)"),
+    ({"prompt": ["You idiot", "The weather", "Shut up"], "sample": [0, "first", 0], "s": [0.2, 0.5, 0.1]},
+     {"score": "s"}, r"row 1: sample 'first' is not a whole number >= 0"),
 ])
 def test_bad_external_tables_name_the_file_and_the_row(tmp_path, rows, columns, message):
     path = tmp_path / "scores.csv"

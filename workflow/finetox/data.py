@@ -207,11 +207,25 @@ def read_external_scores(source: TableSource, probes: pd.DataFrame) -> pd.DataFr
         "continuation": table["continuation"] if "continuation" in table.columns else pd.NA,
         "score": score.to_numpy(),
     })
-    out["sample"] = (pd.to_numeric(table["sample"]).astype(int) if "sample" in table.columns
-                     else out.groupby("prompt_id").cumcount())
+    if "sample" in table.columns:
+        sample = pd.to_numeric(table["sample"], errors="coerce")
+        bad = sample.isna() | (sample != sample.round()) | (sample < 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{origin}: row {row}: sample {table['sample'].tolist()[row]!r} is not a whole number >= 0 "
+                            f"({int(bad.sum())} such rows)")
+        out["sample"] = sample.astype(int).to_numpy()
+    else:
+        out["sample"] = out.groupby("prompt_id").cumcount()
     duplicated = out.duplicated(["prompt_id", "sample"])
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
         raise DataError(f"{origin}: row {row}: prompt {out['prompt_id'].iloc[row]!r} sample {out['sample'].iloc[row]} "
                         f"appears twice")
+    uncovered = probes[~probes["prompt_id"].isin(out["prompt_id"])]
+    if len(uncovered):
+        # its rates would be set against the other variants' over different prompts
+        raise DataError(f"{origin}: answers {len(probes) - len(uncovered)} of the probe set's {len(probes)} prompts; "
+                        f"missing e.g. {uncovered['prompt_id'].iloc[0]!r} (subset {uncovered['subset'].iloc[0]!r}). "
+                        f"Every prompt the run uses needs its continuations")
     return out
