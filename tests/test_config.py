@@ -134,3 +134,21 @@ def test_table_file_types_agree_with_the_readers():
     from finetox.data import READERS
 
     assert sorted(TABLE_SUFFIXES) == sorted(READERS)
+
+
+@pytest.mark.parametrize("subsets, message", [
+    ({"toxic": [{"column": "toxicity", "op": ">=", "value": 0.5}]}, "subset filter names column 'toxicity'"),
+    ({"a": [{"column": "prompt_toxicity", "op": ">=", "value": 0.2}],
+      "b": [{"column": "prompt_toxicity", "op": ">=", "value": 0.5}]}, "subsets must be disjoint"),
+])
+def test_a_local_probe_set_is_checked_before_any_job(config, tmp_path, subsets, message):
+    """The dry run reads a local probe file (as it does to list the generation jobs): its mistakes stop it."""
+    config["probes"]["demo"]["subsets"] = subsets
+    for table in [config["probes"]["demo"], *config["datasets"].values()]:
+        table["path"] = str(REPO / table["path"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-d", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0 and "Job stats" not in run.stdout
+    assert "resources/demo/probes.jsonl" in run.stdout + run.stderr and message in run.stdout + run.stderr

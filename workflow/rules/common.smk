@@ -14,6 +14,10 @@ for configfile_path in workflow.configfiles:
     read_config_file(configfile_path)
 STUDY = load_study(config)
 TARGETS = Targets(STUDY)
+# A probe set that can be read here is selected now (counted once, remembered): a filter on a missing
+# column or overlapping subsets stop the run before any job, naming the file and the column.
+for probe in STUDY.run_probes:
+    TARGETS.planned_prompts(probe)
 
 
 wildcard_constraints:
