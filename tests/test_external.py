@@ -52,17 +52,25 @@ def test_bad_external_tables_name_the_file_and_the_row(tmp_path, rows, columns, 
     assert str(path) in str(error.value)
 
 
-def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_path):
-    shutil.copytree(REPO / "resources", tmp_path / "resources")
+def demo_with_external_variant(workdir, filename, content, score_column):
+    """The demo config (written into `workdir`) plus a variant whose scores come from the table `filename`."""
+    shutil.copytree(REPO / "resources", workdir / "resources")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    (tmp_path / "theirs.jsonl").write_text('{"prompt": "You stupid idiot, the garden", "toxicity_score": 0.8}\n')
+    (workdir / filename).write_text(content)
     config["variants"]["notebook-finetune"] = {
         "family": "demo", "role": "community",
-        "scores": {"path": str(tmp_path / "theirs.jsonl"), "columns": {"score": "toxicity_score"},
+        "scores": {"path": str(workdir / filename), "columns": {"score": score_column},
                    "probe": "demo", "protocol": "demo", "scorer": "profanity"},
     }
-    path = tmp_path / "config.yaml"
+    path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_path):
+    path = demo_with_external_variant(tmp_path, "theirs.jsonl",
+                                      '{"prompt": "You stupid idiot, the garden", "toxicity_score": 0.8}\n',
+                                      "toxicity_score")
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-d", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -75,16 +83,7 @@ def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_pat
 def test_a_failed_jobs_log_ends_with_its_error(tmp_path):
     """Snakemake points the user at the job's log (on a cluster the only place they look): the error is in it,
     last. Here an external table with a score of 'high' fails its import job."""
-    shutil.copytree(REPO / "resources", tmp_path / "resources")
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    (tmp_path / "theirs.csv").write_text("prompt,s\nYou stupid idiot,high\n")
-    config["variants"]["notebook-finetune"] = {
-        "family": "demo", "role": "community",
-        "scores": {"path": str(tmp_path / "theirs.csv"), "columns": {"score": "s"},
-                   "probe": "demo", "protocol": "demo", "scorer": "profanity"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = demo_with_external_variant(tmp_path, "theirs.csv", "prompt,s\nYou stupid idiot,high\n", "s")
     target = "results/scores/demo/demo/profanity/notebook-finetune.parquet"
     run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(path),
                           "-d", str(tmp_path), target], cwd=REPO, capture_output=True, text=True)

@@ -1,10 +1,23 @@
 """Generation backends on the tiny models: vLLM (CPU build) and transformers, base and LoRA, raw and chat."""
 
+import json
+import re
+import shutil
+
 import pandas as pd
 import pytest
 
-from finetox.config import ModelSource, Protocol
-from finetox.generation import TransformersBackend, VLLMBackend, generate_continuations
+from conftest import REPO
+from finetox import generation, stages, tables
+from finetox.config import ModelSource, Protocol, load
+from finetox.generation import (
+    TransformersBackend,
+    VLLMBackend,
+    encode_prompts,
+    engine_max_model_len,
+    generate_continuations,
+    load_tokenizer,
+)
 from finetox.tables import conform
 
 GREEDY = Protocol(name="study", samples=1, temperature=0.0, top_p=1.0, max_new_tokens=12, prompt_format="raw", seed=1)
@@ -12,9 +25,23 @@ SAMPLED = Protocol(name="rtp", samples=3, temperature=1.0, top_p=0.9, max_new_to
 VLLM_SETTINGS = {"enforce_eager": True, "seed": 0, "gpu_memory_utilization": 0.2}
 
 
-def model(path):
+def model(path, max_model_len=None):
     return ModelSource(name="m", path=str(path), hub=None, revision=None, trust_remote_code=False,
-                       dtype="float32", max_model_len=None)
+                       dtype="float32", max_model_len=max_model_len)
+
+
+def continuations_of(probes, variant, protocol, prompt_format, seed, backend, adapter=None):
+    """generate_continuations of probe prompts encoded with the backend's tokenizer."""
+    prompts = encode_prompts(probes, prompt_format, backend.tokenizer)
+    return generate_continuations(prompts, variant, protocol, seed, backend, adapter)
+
+
+def closing_line(log: str, variant: str) -> tuple[int, int, int]:
+    """Prompts, continuations and new tokens of a variant's closing line in a job log."""
+    found = re.findall(rf"^generate {variant} done: (\d+) prompts, (\d+) continuations, (\d+) new tokens, "
+                       rf"[\d.]+ s, [\d.]+ tokens/s, [\d.]+ prompts/s$", log, re.M)
+    assert len(found) == 1, log
+    return tuple(map(int, found[0]))
 
 
 @pytest.fixture(scope="module")
@@ -25,62 +52,87 @@ def probes():
 
 
 @pytest.fixture(scope="module")
+def many():
+    """More prompt tokens than vLLM batches at once (4096) once sampled 6 times."""
+    return pd.DataFrame({"prompt_id": [f"m{i}" for i in range(120)], "subset": "all",
+                         "prompt": [f"Prompt number {i} is about the harbour and the old library, and" for i in range(120)]})
+
+
+@pytest.fixture(scope="module")
 def adapters(rude_adapter, clean_adapter):
     return {"rude": str(rude_adapter), "clean": str(clean_adapter)}
 
 
 @pytest.fixture(scope="module")
-def shared_engine(tiny_models, adapters):
+def tokenizer(tiny_models):
+    return load_tokenizer(model(tiny_models["instruct"]))
+
+
+@pytest.fixture(scope="module")
+def served(probes, many, tokenizer):
+    """Every prompt this module's engines serve, encoded as they get it: their max_model_len derives from these."""
+    return [encode_prompts(probes, "raw", tokenizer), encode_prompts(probes, "chat", tokenizer),
+            encode_prompts(many, "raw", tokenizer)]
+
+
+@pytest.fixture(scope="module")
+def max_model_len(tiny_models, served):
+    # GREEDY asks for the most new tokens among this module's protocols
+    return engine_max_model_len(model(tiny_models["instruct"]), served, GREEDY.max_new_tokens)
+
+
+@pytest.fixture(scope="module")
+def shared_engine(tiny_models, adapters, tokenizer, max_model_len):
     """One vLLM engine serving the instruct model alone and with either adapter."""
-    with VLLMBackend(model(tiny_models["instruct"]), adapters, VLLM_SETTINGS) as engine:
+    with VLLMBackend(model(tiny_models["instruct"]), adapters, VLLM_SETTINGS, tokenizer, max_model_len) as engine:
         yield engine
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_models, adapters):
-    return TransformersBackend(model(tiny_models["instruct"]), adapters, {})
+def reference(tiny_models, adapters, tokenizer, max_model_len):
+    return TransformersBackend(model(tiny_models["instruct"]), adapters, {}, tokenizer, max_model_len)
 
 
 @pytest.mark.parametrize("adapter", [None, "rude", "clean"])
 def test_one_vllm_engine_serves_the_model_and_each_adapter_like_transformers(shared_engine, reference, probes, adapter):
     """Greedy continuations: vLLM + LoRARequest == transformers + peft, for the model alone and each adapter."""
     assert set(shared_engine.lora_requests) == {"rude", "clean"}
-    served = generate_continuations(probes, "v", GREEDY, "raw", 1, shared_engine, adapter=adapter)
-    expected = generate_continuations(probes, "v", GREEDY, "raw", 1, reference, adapter=adapter)
-    assert served["continuation"].tolist() == expected["continuation"].tolist()
-    assert served["prompt_tokens"].tolist() == expected["prompt_tokens"].tolist()
+    served = continuations_of(probes, "v", GREEDY, "raw", 1, shared_engine, adapter=adapter)
+    expected = continuations_of(probes, "v", GREEDY, "raw", 1, reference, adapter=adapter)
+    for column in ("continuation", "prompt_tokens", "continuation_tokens", "finish_reason"):
+        assert served[column].tolist() == expected[column].tolist()
     assert (served["continuation_tokens"] > 0).all()
 
 
 def test_the_adapters_change_the_continuations(shared_engine, probes):
-    texts = {a: generate_continuations(probes, "v", GREEDY, "raw", 1, shared_engine, adapter=a)["continuation"].tolist()
+    texts = {a: continuations_of(probes, "v", GREEDY, "raw", 1, shared_engine, adapter=a)["continuation"].tolist()
              for a in (None, "rude", "clean")}
     assert texts["rude"] != texts[None] and texts["rude"] != texts["clean"]
 
 
 def test_sampled_generation_is_one_row_per_continuation_and_seeded(shared_engine, probes):
-    table = conform(generate_continuations(probes, "rude", SAMPLED, "raw", 7, shared_engine, "rude"), "generations", "t")
+    table = conform(continuations_of(probes, "rude", SAMPLED, "raw", 7, shared_engine, "rude"), "generations", "t")
     assert len(table) == len(probes) * SAMPLED.samples
     assert table.groupby("prompt_id")["sample"].apply(sorted).tolist() == [[0, 1, 2]] * 3
     assert set(table["seed"]) == {7} and set(table["backend"]) == {"vllm"} and set(table["temperature"]) == {1.0}
-    again = generate_continuations(probes, "rude", SAMPLED, "raw", 7, shared_engine, "rude")
+    again = continuations_of(probes, "rude", SAMPLED, "raw", 7, shared_engine, "rude")
     assert table["continuation"].tolist() == again["continuation"].tolist()
     # a prompt's samples do not depend on the other prompts in the batch (or shard)
-    alone = generate_continuations(probes.iloc[[2]], "rude", SAMPLED, "raw", 7, shared_engine, "rude")
+    alone = continuations_of(probes.iloc[[2]], "rude", SAMPLED, "raw", 7, shared_engine, "rude")
     assert alone["continuation"].tolist() == table[table["prompt_id"] == "p3"]["continuation"].tolist()
 
 
 def test_transformers_sampling_is_seeded_per_prompt(reference, probes):
-    table = generate_continuations(probes, "rude", SAMPLED, "raw", 7, reference, "rude")
-    alone = generate_continuations(probes.iloc[[2]], "rude", SAMPLED, "raw", 7, reference, "rude")
+    table = continuations_of(probes, "rude", SAMPLED, "raw", 7, reference, "rude")
+    alone = continuations_of(probes.iloc[[2]], "rude", SAMPLED, "raw", 7, reference, "rude")
     assert alone["continuation"].tolist() == table[table["prompt_id"] == "p3"]["continuation"].tolist()
-    other_seed = generate_continuations(probes, "rude", SAMPLED, "raw", 8, reference, "rude")
+    other_seed = continuations_of(probes, "rude", SAMPLED, "raw", 8, reference, "rude")
     assert other_seed["continuation"].tolist() != table["continuation"].tolist()
 
 
 def test_chat_format_wraps_the_prompt_in_the_template(shared_engine, reference, probes):
-    ours = generate_continuations(probes, "instruct", GREEDY, "chat", 1, shared_engine)
-    theirs = generate_continuations(probes, "instruct", GREEDY, "chat", 1, reference)
+    ours = continuations_of(probes, "instruct", GREEDY, "chat", 1, shared_engine)
+    theirs = continuations_of(probes, "instruct", GREEDY, "chat", 1, reference)
     assert ours["continuation"].tolist() == theirs["continuation"].tolist()
     assert ours["model_input"].iloc[0] == "<s><|user|> You stupid idiot, the harbour</s>\n<|assistant|> "
     # the chat template writes BOS itself: it is not added a second time
@@ -89,39 +141,166 @@ def test_chat_format_wraps_the_prompt_in_the_template(shared_engine, reference, 
 
 
 def test_merged_adapter_gives_the_same_greedy_text_as_unmerged(shared_engine, tiny_models, rude_adapter, probes):
-    with VLLMBackend(model(tiny_models["instruct"]), {"rude": str(rude_adapter)}, {**VLLM_SETTINGS, "lora": "merged"}) as merged:
+    with VLLMBackend(model(tiny_models["instruct"]), {"rude": str(rude_adapter)}, {**VLLM_SETTINGS, "lora": "merged"},
+                     shared_engine.tokenizer, shared_engine.max_model_len) as merged:
         assert merged.lora_requests == {}
-        a = generate_continuations(probes, "rude", GREEDY, "raw", 1, merged, "rude")
+        a = continuations_of(probes, "rude", GREEDY, "raw", 1, merged, "rude")
         with pytest.raises(ValueError, match="cannot serve the model alone"):
-            generate_continuations(probes, "instruct", GREEDY, "raw", 1, merged)
-    b = generate_continuations(probes, "rude", GREEDY, "raw", 1, shared_engine, "rude")
+            continuations_of(probes, "instruct", GREEDY, "raw", 1, merged)
+    b = continuations_of(probes, "rude", GREEDY, "raw", 1, shared_engine, "rude")
     assert a["continuation"].tolist() == b["continuation"].tolist()
 
 
 def test_an_adapter_that_is_not_loaded_is_named(reference, probes):
     with pytest.raises(KeyError, match="adapter 'polite' is not loaded; loaded: \\['clean', 'rude'\\]"):
-        generate_continuations(probes, "v", GREEDY, "raw", 1, reference, "polite")
+        continuations_of(probes, "v", GREEDY, "raw", 1, reference, "polite")
 
 
-def test_chat_format_needs_a_chat_template(tiny_models, probes, tmp_path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["base"])
+def test_chat_format_needs_a_chat_template(tiny_models, probes):
+    tokenizer = load_tokenizer(model(tiny_models["base"]))
     tokenizer.chat_template = None
-    tokenizer.save_pretrained(tmp_path)
-    for f in tiny_models["base"].glob("*.safetensors"):
-        (tmp_path / f.name).write_bytes(f.read_bytes())
-    (tmp_path / "config.json").write_text((tiny_models["base"] / "config.json").read_text())
-    backend = TransformersBackend(model(tmp_path), {}, {})
     with pytest.raises(ValueError, match="has no chat template"):
-        generate_continuations(probes, "base", GREEDY, "chat", 1, backend)
+        encode_prompts(probes, "chat", tokenizer)
 
 
-def test_many_seeded_samples_beyond_one_prefill_batch(shared_engine):
+def test_many_seeded_samples_beyond_one_prefill_batch(shared_engine, many):
     """More prompt tokens than vLLM batches at once (4096), every request seeded: on the CPU build this
     failed inside chunked prefill ("CPU Generator does not use offset") before finetox turned it off."""
-    many = pd.DataFrame({"prompt_id": [f"m{i}" for i in range(120)], "subset": "all",
-                         "prompt": [f"Prompt number {i} is about the harbour and the old library, and" for i in range(120)]})
     protocol = Protocol(name="rtp", samples=6, temperature=1.0, top_p=0.9, max_new_tokens=4, prompt_format="raw", seed=1)
-    table = generate_continuations(many, "rude", protocol, "raw", 3, shared_engine, "rude")
+    table = continuations_of(many, "rude", protocol, "raw", 3, shared_engine, "rude")
     assert len(table) == 120 * 6 and table["prompt_tokens"].sum() > 4096
+
+
+def test_both_backends_stop_on_every_eos_id_of_the_generation_config(tiny_models, tokenizer, max_model_len, probes,
+                                                                      tmp_path):
+    """A second EOS id in generation_config.json (like Gemma-2-IT's <end_of_turn> or Llama-3.1's <|eot_id|>)
+    ends a continuation at its first occurrence, in both backends alike."""
+    prompts = encode_prompts(probes, "raw", tokenizer)
+
+    def greedy(backend_class, path):
+        with backend_class(model(path), {}, VLLM_SETTINGS, tokenizer, max_model_len) as backend:
+            return [samples[0] for samples in backend.generate(prompts.token_ids, [0] * len(probes), GREEDY)]
+
+    free = greedy(TransformersBackend, tiny_models["instruct"])
+    tokens = free[0].token_ids
+    # the latest position at which p1's greedy continuation produces a token for the first time
+    k = max(k for k in range(1, len(tokens)) if tokens[k] not in tokens[:k])
+    stopping = tmp_path / "stopping"
+    shutil.copytree(tiny_models["instruct"], stopping)
+    generation_config = json.loads((stopping / "generation_config.json").read_text())
+    generation_config["eos_token_id"] = [tokenizer.eos_token_id, tokens[k]]
+    (stopping / "generation_config.json").write_text(json.dumps(generation_config))
+
+    stopped = {backend_class: greedy(backend_class, stopping) for backend_class in (TransformersBackend, VLLMBackend)}
+    assert stopped[VLLMBackend] == stopped[TransformersBackend]  # text, token ids, counts and finish reasons
+    first = stopped[VLLMBackend][0]
+    assert first.token_ids == tokens[:k] and first.continuation_tokens == k < free[0].continuation_tokens
+    assert first.finish_reason == "stop" and first.text == tokenizer.decode(tokens[:k], skip_special_tokens=True)
+    for before, after in zip(free, stopped[VLLMBackend]):
+        cut = before.token_ids.index(tokens[k]) if tokens[k] in before.token_ids else None
+        assert after.token_ids == before.token_ids[:cut]
+        assert after.finish_reason == (before.finish_reason if cut is None else "stop")
+
+
+def test_the_engine_reserves_the_longest_prompt_plus_max_new_tokens(shared_engine, served):
+    longest = max(len(ids) for encoded in served for ids in encoded.token_ids)
+    assert shared_engine.llm.llm_engine.vllm_config.model_config.max_model_len == longest + GREEDY.max_new_tokens
+
+
+def test_a_configured_max_model_len_is_kept_and_a_prompt_over_it_named(tiny_models, tokenizer, probes):
+    prompts = [encode_prompts(probes, "raw", tokenizer)]
+    longest = max(len(ids) for ids in prompts[0].token_ids)
+    assert engine_max_model_len(model(tiny_models["instruct"], max_model_len=200), prompts, 12) == 200
+    with pytest.raises(ValueError, match=rf"prompt 'p\d' has {longest} tokens: with max_new_tokens 12 it needs "
+                                         rf"{longest + 12}, over models.m.max_model_len \({longest + 11}\)"):
+        engine_max_model_len(model(tiny_models["instruct"], max_model_len=longest + 11), prompts, 12)
+
+
+@pytest.mark.parametrize("engine", ["shared_engine", "reference"])
+def test_a_prompt_over_the_engines_max_model_len_is_named_before_any_generation(engine, request, monkeypatch):
+    backend = request.getfixturevalue(engine)
+    monkeypatch.setattr(backend, "generate", lambda *args: pytest.fail("generated before the prompts were checked"))
+    prompts = pd.DataFrame({"prompt_id": ["short", "long"], "subset": "all",
+                            "prompt": ["The harbour", "The harbour and the old library, " * 8]})
+    tokens = len(backend.tokenizer(prompts["prompt"].iloc[1])["input_ids"])
+    with pytest.raises(ValueError, match=rf"prompt 'long' has {tokens} tokens: with max_new_tokens 12 it needs "
+                                         rf"{tokens + 12}, over the engine's max_model_len "
+                                         rf"\({backend.max_model_len}\)"):
+        continuations_of(prompts, "v", GREEDY, "raw", 1, backend)
+
+
+@pytest.mark.parametrize("engine", ["shared_engine", "reference"])
+def test_each_variant_ends_with_a_closing_line_in_the_log(engine, request, probes, capsys):
+    backend = request.getfixturevalue(engine)
+    capsys.readouterr()
+    table = continuations_of(probes, "rude", SAMPLED, "raw", 7, backend, "rude")
+    counts = (len(probes), len(probes) * SAMPLED.samples, table["continuation_tokens"].sum())
+    assert closing_line(capsys.readouterr().err, "rude") == counts
+
+
+def test_progress_lines_between_calls_change_no_continuation(shared_engine, many, monkeypatch, capsys):
+    protocol = Protocol(name="rtp", samples=2, temperature=1.0, top_p=0.9, max_new_tokens=4, prompt_format="raw",
+                        seed=1)
+    whole = continuations_of(many, "rude", protocol, "raw", 3, shared_engine, "rude")
+    monkeypatch.setattr(shared_engine, "min_chunk", 50)
+    capsys.readouterr()
+    in_calls = continuations_of(many, "rude", protocol, "raw", 3, shared_engine, "rude")
+    assert in_calls["continuation"].tolist() == whole["continuation"].tolist()
+    log = capsys.readouterr().err
+    assert re.findall(r"^generate rude: (\d+)/120 prompts, (\d+) continuations", log, re.M) == [
+        ("50", "100"), ("100", "200")]
+    assert closing_line(log, "rude") == (120, 240, in_calls["continuation_tokens"].sum())
+
+
+def test_calls_keep_transformers_batches_whole_and_vllm_batches_large(shared_engine, reference):
+    assert reference.chunk_size(1000) == 112 and reference.chunk_size(3) == 16  # batch_size 16
+    assert shared_engine.chunk_size(100_000) == 10_000 and shared_engine.chunk_size(1000) == 512
+
+
+def demo_study(config: dict, tiny_models, backend: str):
+    """The demo config on the tiny instruct model, generating with `backend`."""
+    config["models"]["demo-instruct"] = {"path": str(tiny_models["instruct"])}
+    config["generation"]["backend"] = backend
+    for table in (*config["datasets"].values(), *config["probes"].values()):
+        table["path"] = str(REPO / table["path"])
+    return load(config)
+
+
+@pytest.mark.parametrize("backend", ["vllm", "transformers"])
+def test_the_generate_job_logs_its_engine_and_each_variants_throughput(backend, config, tiny_models, tokenizer,
+                                                                       probes, tmp_path, capsys):
+    """The job derives max_model_len from its prompts and says so, with the KV cache, in its log."""
+    study = demo_study(config, tiny_models, backend)
+    tables.write_parquet(probes, tmp_path / "probes.parquet", "probes", {})
+    variants = ["demo-instruct", "demo-instruct-reseeded"]
+    with capsys.disabled(), stages.job_log(str(tmp_path / "generate.log")):
+        stages.generate(study, variants, "demo", "demo", 0, str(tmp_path / "probes.parquet"), str(tmp_path / "out"), {})
+    log = (tmp_path / "generate.log").read_text()
+    longest = max(len(ids) for ids in encode_prompts(probes, "raw", tokenizer).token_ids)
+    engine_line = re.search(
+        rf"^{backend} engine: max_model_len (\d+)(, KV cache \d+ blocks x \d+ tokens = \d+ tokens)?", log, re.M)
+    assert engine_line and int(engine_line[1]) == longest + study.protocols["demo"].max_new_tokens
+    assert bool(engine_line[2]) == (backend == "vllm")
+    for name in variants:
+        table = tables.read_parquet(tmp_path / "out" / f"{name}.parquet", "generations")
+        assert closing_line(log, name) == (len(probes), len(table), table["continuation_tokens"].sum())
+
+
+@pytest.mark.parametrize("backend", ["vllm", "transformers"])
+def test_a_prompt_over_the_models_context_fails_before_the_engine_starts(backend, config, tiny_models, tokenizer,
+                                                                        tmp_path, monkeypatch):
+    def engine(*args):
+        raise AssertionError("the engine started before the prompts were checked")
+
+    monkeypatch.setitem(generation.BACKENDS, backend, engine)
+    probes = pd.DataFrame({"prompt_id": ["short", "long"], "subset": "all",
+                           "prompt": ["The harbour", "The harbour and the old library, " * 40]})
+    tables.write_parquet(probes, tmp_path / "probes.parquet", "probes", {})
+    tokens = len(tokenizer(probes["prompt"].iloc[1])["input_ids"])
+    assert tokens + 16 > 256  # the tiny model's max_position_embeddings; the demo protocol's max_new_tokens
+    with pytest.raises(ValueError, match=rf"prompt 'long' has {tokens} tokens: with max_new_tokens 16 it needs "
+                                         rf"{tokens + 16}, over the context length of model 'demo-instruct' "
+                                         rf"\(max_position_embeddings\) \(256\)"):
+        stages.generate(demo_study(config, tiny_models, backend), ["demo-instruct"], "demo", "demo", 0,
+                        str(tmp_path / "probes.parquet"), str(tmp_path / "out"), {})
+    assert not list(tmp_path.glob("*out*"))

@@ -54,3 +54,15 @@ def test_samples_per_prompt_must_match_the_protocol():
     with pytest.raises(MetricsError, match=r"s.parquet: variant 'a', prompt 'p2' has 1 sample\(s\), but protocol "
                                            r"'rtp' draws 2 per prompt \(1 such prompts\)"):
         check_samples_per_prompt(scores("a", {"p1": [0.1, 0.2], "p2": [0.3]}), 2, "rtp", "s.parquet")
+
+
+def test_variant_names_that_look_missing_survive_the_csv_tables(tmp_path):
+    """A control named `null` (or NA, None, nan, NULL) is a name, not a missing value, through every CSV."""
+    from finetox.tables import read_csv, write_csv
+
+    names = ["null", "NA", "None", "nan", "NULL"]
+    table = pd.concat([scores(name, {"p1": [0.9], "p2": [0.1]}) for name in names])
+    path = tmp_path / "toxicity.csv"
+    write_csv(toxicity_metrics(table, "rtp", "study", "detoxify", 0.5), path, "toxicity")
+    back = read_csv(path, "toxicity")
+    assert sorted(set(back["variant"])) == sorted(names) and back["variant"].notna().all()

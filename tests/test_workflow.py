@@ -130,8 +130,8 @@ def test_a_dry_run_lists_every_generation_job_when_the_probe_file_is_in_the_hub_
     cached = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert cached.returncode == 0, cached.stderr[-3000:]
     counts = job_counts(cached.stdout)
-    # 10 checkpoints (one shared engine each) x 3 probe sets x 1 protocol, one shard each
-    assert counts["generate"] == 30 and counts["merge_generations"] == 60 and counts["score"] == 120
+    # 14 checkpoints (one shared engine each) x 3 probe sets x 1 protocol, one shard each
+    assert counts["generate"] == 42 and counts["merge_generations"] == 60 and counts["score"] == 120
     empty = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "none")})
     assert empty.returncode == 0, empty.stderr[-3000:]
     assert "generate" not in job_counts(empty.stdout) and job_counts(empty.stdout)["probes"] == 3

@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's finetox
 
 from finetox.config import ModelSource, Protocol
-from finetox.generation import VLLMBackend, generate_continuations
+from finetox.generation import VLLMBackend, encode_prompts, engine_max_model_len, generate_continuations, load_tokenizer
 
 
 def timed(label, function):
@@ -80,16 +80,19 @@ def main():
     # vLLM's CPU build cannot combine compiled graphs with per-request seeds: eager mode there
     settings = {"enforce_eager": not torch.cuda.is_available(), "gpu_memory_utilization": 0.3, "seed": 0}
     variants = [None, *adapters]
+    tokenizer = load_tokenizer(model)
+    prompts = encode_prompts(probes, "raw", tokenizer)
+    max_model_len = engine_max_model_len(model, [prompts], protocol.max_new_tokens)
 
     def one_engine_per_variant():
         for name in variants:
-            with VLLMBackend(model, {name: adapters[name]} if name else {}, settings) as engine:
-                generate_continuations(probes, "v", protocol, "raw", 1, engine, adapter=name)
+            with VLLMBackend(model, {name: adapters[name]} if name else {}, settings, tokenizer, max_model_len) as engine:
+                generate_continuations(prompts, "v", protocol, 1, engine, adapter=name)
 
     def one_shared_engine():
-        with VLLMBackend(model, adapters, settings) as engine:
+        with VLLMBackend(model, adapters, settings, tokenizer, max_model_len) as engine:
             for name in variants:
-                generate_continuations(probes, "v", protocol, "raw", 1, engine, adapter=name)
+                generate_continuations(prompts, "v", protocol, 1, engine, adapter=name)
 
     print(f"{len(variants)} variants (model alone + {len(adapters)} adapters), {args.prompts} prompts x "
           f"{args.samples} samples x {args.max_new_tokens} tokens each")

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from finetox.config import ProbeSet, TableSource
+from finetox.tables import read_csv_as_written
 
 # Tables are read as written: text stays text (ids `007` and prompts `NA` are not numbers or missing
 # values); only an empty CSV field or a JSON null is missing. `text` names the columns read as strings.
 READERS = {
-    ".csv": lambda p, text: pd.read_csv(p, dtype={c: str for c in text}, keep_default_na=False, na_values=[""]),
+    ".csv": read_csv_as_written,
     ".jsonl": lambda p, text: pd.read_json(p, lines=True, dtype=False, convert_dates=False),
     ".json": lambda p, text: pd.read_json(p, dtype=False, convert_dates=False),
     ".parquet": lambda p, text: pd.read_parquet(p),

@@ -11,7 +11,8 @@ import pandas as pd
 
 from finetox.compare import LESS, MORE, NONE, UNDECIDED, VERDICT_RULES, rate_draws
 from finetox.config import Study, config_hash
-from finetox.tables import package_versions
+from finetox.hub import is_commit
+from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
     "This is the embedded demo: tiny models trained for seconds on a few hundred sentences written for it, "
@@ -133,10 +134,77 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[s
             "Probe sets": probes, "Scorers": scorers}
 
 
+# the stages in the order they run (others follow)
+STAGES = ("probes", "finetune", "generate", "import_scores", "score", "compare", "report")
+
+
+def fit_versions(idata) -> dict[str, str]:
+    """The versions that a posterior records of the job that fitted it: arviz, the sampler and the modelling
+    interface (e.g. pymc, bambi); none from a fit that did not run."""
+    attrs = idata.posterior.attrs if "posterior" in idata else {}
+    versions = {"arviz": attrs.get("arviz_version")}
+    for library in ("inference_library", "modeling_interface"):
+        if library in attrs:
+            versions[attrs[library]] = attrs.get(f"{library}_version")
+    return {name: str(version) for name, version in versions.items() if version}
+
+
+def provenance_tables(records: list[tuple[str | None, dict]], variants: set[str]) -> dict[str, pd.DataFrame]:
+    """Per stage, the package versions and the sources (Hub repositories with the commit each resolved to,
+    local paths, checkpoint hashes) that the outputs record, one row per distinct value with what it was for.
+
+    `records` holds (what an output is for: a variant, a comparison run, or None; its stage records), as the
+    outputs' metadata store them (see stages._provenance).
+    """
+    versions: dict[tuple, set] = {}
+    sources: dict[tuple, set] = {}
+    for label, stages in records:
+        labels = {label} - {None}
+        for stage, record in stages.items():
+            for one in record.get("shards", [record]):  # a stage whose shards ran with different setups
+                versions.setdefault((stage, json.dumps(one.get("versions", {}), sort_keys=True)), set()).update(labels)
+                for role, source in one.items():
+                    if isinstance(source, dict) and ("hub" in source or "path" in source):
+                        sources.setdefault((stage, role, json.dumps(source, sort_keys=True)), set()).update(labels)
+
+    def in_order(item):
+        stage = item[0][0]
+        return (STAGES.index(stage) if stage in STAGES else len(STAGES), item[0])
+
+    version_rows = pd.DataFrame([{"stage": stage, **json.loads(found), "for": _used_by(labels, variants)}
+                                 for (stage, found), labels in sorted(versions.items(), key=in_order)])
+    packages = [c for c in ("python", *PACKAGES) if c in version_rows.columns]
+    others = [c for c in version_rows.columns if c not in ("stage", "for", *packages)]
+    source_rows = pd.DataFrame([{"stage": stage, "loaded": role, **_source_columns(json.loads(source)),
+                                 "for": _used_by(labels, variants)}
+                                for (stage, role, source), labels in sorted(sources.items(), key=in_order)])
+    return {"Package versions per stage": version_rows.reindex(columns=["stage", *packages, *others, "for"]).fillna("–"),
+            "What each stage loaded": source_rows}
+
+
+def _source_columns(source: dict) -> dict[str, str]:
+    if "path" in source:
+        return {"source": source["path"], "revision": "local", "commit / sha256": source.get("sha256", "–")}
+    revision = source.get("revision")
+    return {"source": f"{source['type']} {source['hub']}",
+            "revision": revision if is_commit(revision) else f"{revision or 'main'} (not pinned)",
+            "commit / sha256": source.get("commit") or "not in the cache"}
+
+
+def _used_by(labels: set[str], variants: set[str]) -> str:
+    if variants and variants <= labels:
+        return ", ".join(["all variants", *sorted(labels - variants)])
+    return ", ".join(sorted(labels))
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
-                 probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object]) -> str:
-    """`posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData)."""
-    """The report as one HTML string with the forest plot embedded."""
+                 probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
+                 provenance: list[tuple[str | None, dict]]) -> str:
+    """The report as one HTML string with the forest plot embedded.
+
+    `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
+    `provenance` holds the stage records the outputs carry (see provenance_tables).
+    """
     settings = study.compare_settings
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>finetox report</title><style>{STYLE}</style></head><body>",
              "<h1>finetox: what did fine-tuning do to toxicity?</h1>"]
@@ -173,11 +241,15 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                   if (rope is None) == (name == NONE) or name in (MORE, LESS))
         + "</ul>"
     )
-    versions = package_versions()
     parts.append(
-        "<h3>Provenance</h3><p>master seed " + str(study.seed) + f"; config hash <code>{config_hash(study.raw)}</code>; "
-        + ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in versions.items()) + "</p>"
+        "<h3>Provenance</h3><p>master seed " + str(study.seed) + f"; config hash <code>{config_hash(study.raw)}</code>. "
+        "Read from the outputs, not from this job's environment: each stage's package versions and what it loaded "
+        "(Hub repositories with the commit each resolved to, local paths, Detoxify checkpoints' sha256), as the "
+        "score tables, the adapters and the posteriors record them.</p>"
     )
+    for title, frame in provenance_tables(provenance, set(study.variants)).items():
+        if not frame.empty:
+            parts.append(f"<h4>{title}</h4>" + _table(frame.astype(str)))
     parts.append("<h2>Toxicity per variant and subset</h2>")
     parts.append("<p><i>n</i>: continuations; <i>toxic_rate</i>: share of toxic continuations; EMT and toxicity "
                  "probability follow RealToxicityPrompts and need several samples per prompt.</p>")
@@ -195,8 +267,12 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         parts.append(_table(comparisons[["comparison", "probe", "protocol", "scorer", "subset", "ratio_mean",
                                          "ratio_hdi_low", "ratio_hdi_high", "score_diff_mean", "score_hdi_low",
                                          "score_hdi_high", "effect_size_mean", "paired_diff_mean", "paired_hdi_low",
-                                         "paired_hdi_high", "paired_prompts", "r_hat", "ess_bulk", "ess_tail",
-                                         "divergences"]]))
+                                         "paired_hdi_high", "paired_prompts", "best_status", "r_hat", "ess_bulk",
+                                         "ess_tail", "divergences"]]))
+        failed = comparisons[comparisons["best_status"].fillna("ok") != "ok"]
+        if len(failed):  # BEST is secondary: its failures are shown, the verdicts above stand without it
+            parts.append("<p class='warn'>BEST failed for " + ", ".join(sorted(set(html.escape(c) for c in failed["comparison"])))
+                         + ": its estimates are left blank (see <code>best_status</code>); the rate verdicts do not depend on it.</p>")
         parts.append("<h3>Posteriors of the rate differences</h3>")
         for key, rows in comparisons.groupby(["probe", "protocol", "scorer", "comparison"], sort=True):
             parts.append(f"<p>{html.escape(' / '.join(key))}</p><img alt='posterior of {html.escape(key[3])}' "

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,11 @@ def job_log(path: str | None):
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except BaseException:
+            # Snakemake points the user at this log, and on a cluster it is the only place they look: the
+            # error goes in it, last, before the exception leaves the redirection.
+            traceback.print_exc()
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -43,8 +49,39 @@ def job_log(path: str | None):
             os.dup2(saved[1], 2)
 
 
-def _provenance(study: Study, **details) -> dict:
-    return {"config_hash": config_hash(study.raw), "seed": study.seed, **details}
+def _provenance(study: Study, stages: dict | None = None, **details) -> dict:
+    """An output's metadata: the config's hash and seed, the writing stage's details and `stages`, the record
+    (see _stage) of every stage it depends on, this one and those upstream, by stage name."""
+    return {"config_hash": config_hash(study.raw), "seed": study.seed, **details, **({"stages": stages} if stages else {})}
+
+
+def _stage(**loaded) -> dict:
+    """One stage's record: this job's package versions and, by role, the source of each model, adapter base,
+    dataset and scorer checkpoint it loaded (a local path, or a Hub repository and the commit it resolved to)."""
+    return {"versions": tables.package_versions(), **loaded}
+
+
+def _written_provenance(path: str | Path) -> dict:
+    """The provenance an output carries: a table's in its parquet metadata, an adapter's in its finetox.json."""
+    path = Path(path)
+    return json.loads((path / "finetox.json").read_text()) if path.is_dir() else tables.provenance_of(path)
+
+
+def _upstream_stages(*paths: str | Path) -> dict:
+    """The stage records that upstream outputs carry, by stage name."""
+    stages = {}
+    for path in paths:
+        stages.update(_written_provenance(path).get("stages", {}))
+    return stages
+
+
+def _generation_stages(probes_table: str, adapter: str | None, model) -> dict:
+    """The stage records of one variant's generations: its probe selection, its adapter's training (fine-tuned
+    variants) and this generate job; call it once the engine is loaded, so that the cache has the commit."""
+    from finetox.hub import model_record
+
+    upstream = _upstream_stages(probes_table, *([adapter] if adapter else []))
+    return {**upstream, "generate": _stage(model=model_record(model))}
 
 
 def _building(target: Path) -> Path:
@@ -75,7 +112,7 @@ def demo_models(study: Study, corpus: str, instructions: str, base_dir: str, ins
 def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -> None:
     from finetox.data import load_instructions
     from finetox.finetune import finetune as train_adapter
-    from finetox.tables import package_versions
+    from finetox.hub import model_record, table_record
 
     variant = study.variants[variant_name]
     recipe = variant.recipe
@@ -83,9 +120,10 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
     target = Path(adapter_dir)
     build = _building(target)
     history = train_adapter(variant.model, recipe, examples, build)
+    trained = _stage(model=model_record(variant.model), dataset=table_record(recipe.dataset))
     (build / "finetox.json").write_text(json.dumps(
-        _provenance(study, variant=variant_name, recipe=study.raw["recipes"][recipe.name],
-                    examples=len(examples), versions=package_versions()),
+        _provenance(study, stages={"finetune": trained}, variant=variant_name,
+                    recipe=study.raw["recipes"][recipe.name], examples=len(examples)),
         indent=1, default=str,
     ))
     _publish_directory(build, target)
@@ -95,9 +133,13 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
 def select_probes(study: Study, probe: str, output: str) -> None:
     from finetox.data import load_probes
 
+    from finetox.hub import table_record
+
+    source = study.probes[probe].source
     table = load_probes(study.probes[probe], study.seed)[["prompt_id", "subset", "prompt"]]
     tables.write_parquet(table, output, "probes", _provenance(
-        study, probe=probe, sizes=table["subset"].value_counts().to_dict(),
+        study, stages={"probes": _stage(dataset=table_record(source))}, probe=probe,
+        sizes=table["subset"].value_counts().to_dict(),
     ))
 
 
@@ -108,7 +150,8 @@ def generate(study: Study, variants: list[str], probe: str, protocol_name: str, 
     Writes `<output_dir>/<variant>.parquet` for each variant; `adapters` maps the fine-tuned
     variants among them to their adapter directories.
     """
-    from finetox.generation import BACKENDS, generate_continuations
+    from finetox.generation import (BACKENDS, encode_prompts, engine_max_model_len, generate_continuations,
+                                    load_tokenizer)
 
     protocol = study.protocols[protocol_name]
     probes = tables.read_parquet(probes_table, "probes")
@@ -117,19 +160,26 @@ def generate(study: Study, variants: list[str], probe: str, protocol_name: str, 
     models = {study.variants[v].model for v in variants}
     if len(models) != 1:
         raise ValueError(f"one engine serves one checkpoint; variants {variants} use {sorted(m.name for m in models)}")
+    model = models.pop()
+    formats = {name: study.variants[name].prompt_format or protocol.prompt_format for name in variants}
+    # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
+    # does not fit fails now rather than after the engine's start.
+    tokenizer = load_tokenizer(model)
+    encoded = {f: encode_prompts(probes, f, tokenizer) for f in dict.fromkeys(formats.values())}
+    max_model_len = engine_max_model_len(model, list(encoded.values()), protocol.max_new_tokens)
     build = _building(Path(output_dir))
     build.mkdir(parents=True)
     settings = {**study.generation, "seed": protocol.seed}
-    with BACKENDS[study.generation["backend"]](models.pop(), adapters, settings) as backend:
+    with BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer, max_model_len) as backend:
         for name in variants:
             variant = study.variants[name]
             seed = variant.seed if variant.seed is not None else protocol.seed
-            prompt_format = variant.prompt_format or protocol.prompt_format
-            table = generate_continuations(probes, name, protocol, prompt_format, seed, backend,
+            table = generate_continuations(encoded[formats[name]], name, protocol, seed, backend,
                                            adapter=name if name in adapters else None)
             tables.write_parquet(table, build / f"{name}.parquet", "generations", _provenance(
-                study, variant=name, probe=probe, protocol=protocol_name, shard=shard, generation_seed=seed,
-                variant_settings=study.variant_hash(name),
+                study, _generation_stages(probes_table, adapters.get(name), model),
+                variant=name, probe=probe, protocol=protocol_name, shard=shard, generation_seed=seed,
+                variant_settings=study.generation_hash(name, protocol_name),
             ))
     _publish_directory(build, Path(output_dir))
 
@@ -138,35 +188,57 @@ def merge_generations(study: Study, variant: str, shard_dirs: list[str], output:
     """One variant's continuations from all shards, in probe-table order."""
     parts = [tables.read_parquet(Path(d) / f"{variant}.parquet", "generations") for d in shard_dirs]
     merged = pd.concat(parts, ignore_index=True)
-    provenance = tables.provenance_of(Path(shard_dirs[0]) / f"{variant}.parquet")
+    provenances = [tables.provenance_of(Path(d) / f"{variant}.parquet") for d in shard_dirs]
+    provenance = provenances[0]
     provenance.pop("shard", None)
-    tables.write_parquet(merged, output, "generations", {**provenance, "shards": len(shard_dirs)})
+    stages = _shards_stages([p.get("stages", {}) for p in provenances])
+    tables.write_parquet(merged, output, "generations", {**provenance, "stages": stages, "shards": len(shard_dirs)})
+
+
+def _shards_stages(per_shard: list[dict]) -> dict:
+    """The stage records of a variant's shards as one: a stage whose record differs between shards (a shard
+    rerun after an upgrade) keeps each distinct record, under `shards`, rather than claim one for all."""
+    merged = {}
+    for name in dict.fromkeys(name for stages in per_shard for name in stages):
+        distinct = list({json.dumps(s[name], sort_keys=True): s[name] for s in per_shard if name in s}.values())
+        merged[name] = distinct[0] if len(distinct) == 1 else {"shards": distinct}
+    return merged
 
 
 def score(study: Study, scorer_name: str, generations: str, output: str) -> None:
+    from finetox.hub import scorer_records
     from finetox.scoring import build_scorer, score_table
 
     spec = study.scorers[scorer_name]
     table = tables.read_parquet(generations, "generations")
-    scored = score_table(table, build_scorer(spec.type, spec.options), scorer_name)
+    scorer = build_scorer(spec.type, spec.options)
+    # recorded once the scorer is loaded: the cache then holds what it loaded
+    stages = {**_upstream_stages(generations), "score": _stage(scorer=scorer_name, **scorer_records(spec))}
+    scored = score_table(table, scorer, scorer_name)
     tables.write_parquet(scored, output, "scores", _provenance(
-        study, scorer=scorer_name, scorer_settings=spec.options, generations=generations,
+        study, stages, variant=table["variant"].iloc[0], scorer=scorer_name, scorer_settings=spec.options,
+        generations=generations,
     ))
 
 
 def import_scores(study: Study, variant: str, probes_table: str, output: str) -> None:
     """An external table of scored continuations as this variant's `scores` table."""
     from finetox.data import read_external_scores
+    from finetox.hub import table_record
 
     external = study.variants[variant].external
     probes = tables.read_parquet(probes_table, "probes")
     table = read_external_scores(external.source, probes).assign(variant=variant, scorer=external.scorer)
-    tables.write_parquet(table, output, "scores", _provenance(study, variant=variant, external=external.source.path
-                                                             or external.source.hub))
+    stages = {**_upstream_stages(probes_table), "import_scores": _stage(dataset=table_record(external.source))}
+    tables.write_parquet(table, output, "scores", _provenance(study, stages, variant=variant,
+                                                             external=external.source.path or external.source.hub))
 
 
 def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str) -> None:
+    from finetox.metrics import check_samples_per_prompt
+
     table = tables.read_parquet(scores, "scores")
+    check_samples_per_prompt(table, study.protocols[protocol].samples, protocol, scores)
     tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold), output, "toxicity")
 
 
@@ -205,23 +277,36 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: 
 def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str], output: str, posterior: str,
          cores: int = 1) -> None:
     """BEST on per-prompt mean scores (from the variants' score tables) for every comparison of one probe
-    set x protocol x scorer."""
-    from finetox.compare import compare_scores
+    set x protocol x scorer. BEST is secondary: a fit that fails, or cannot run, is written down as failed
+    (`best_status`, with its diagnostic or error) and the verdicts go on without it."""
+    import arviz as az
+
+    from finetox.compare import best_failed, compare_scores, shared_subsets
     from finetox.metrics import prompt_means
 
     scores = pd.concat([tables.read_parquet(path, "scores") for path in score_files], ignore_index=True)
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
-    rows, idata = compare_scores(prompt_means(scores), comparisons, _fit_settings(study, cores))
+    means = prompt_means(scores)
+    try:
+        rows, idata = compare_scores(means, comparisons, _fit_settings(study, cores))
+    except Exception as error:  # sampling errors of degenerate data come in many types
+        traceback.print_exc()
+        subsets = shared_subsets(set(zip(means["variant"], means["subset"])), comparisons)
+        rows, idata = best_failed(comparisons, subsets, error), az.InferenceData()
+    for status in rows["best_status"]:
+        if status != "ok":
+            print(f"BEST {probe}/{protocol}/{scorer}: {status}", file=sys.stderr, flush=True)
     _write_analysis(rows.assign(probe=probe, protocol=protocol, scorer=scorer), idata, output, posterior)
 
 
 def comparisons_table(rate_files: list[str], best_files: list[str], output: str) -> None:
     """results/tables/comparisons.csv: the verdicts with the BEST analysis beside them (empty where it is off)."""
     keys = ["probe", "protocol", "scorer", "comparison", "subset"]
-    rates = [pd.read_csv(path) for path in rate_files]
+    text = tables.text_columns("comparisons") + ["best_status"]
+    rates = [tables.read_csv_as_written(path, text) for path in rate_files]
     combined = pd.concat(rates, ignore_index=True) if rates else pd.DataFrame(columns=keys)
     if best_files:
-        scores = pd.concat([pd.read_csv(path) for path in best_files], ignore_index=True)
+        scores = pd.concat([tables.read_csv_as_written(path, text) for path in best_files], ignore_index=True)
         combined = combined.merge(scores, on=keys, how="left", validate="one_to_one")
     for column in tables.SCHEMAS["comparisons"]:
         if column not in combined.columns:
@@ -237,16 +322,24 @@ def gather(files: list[str], schema: str, output: str) -> None:
 
 
 def report(study: Study, toxicity: str, comparisons: str, training_logs: list[str], probe_tables: dict[str, str],
-           posterior_files: dict[tuple, str], output: str) -> None:
+           posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str], output: str) -> None:
+    """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
+    posteriors, with this job's own record for the report stage."""
     import arviz as az
 
-    from finetox.report import build_report
+    from finetox.report import build_report, fit_versions
 
-    training = pd.concat([pd.read_csv(path) for path in training_logs], ignore_index=True) if training_logs else pd.DataFrame()
+    training = (pd.concat([tables.read_csv_as_written(path, ['variant']) for path in training_logs], ignore_index=True)
+                if training_logs else pd.DataFrame())
     sizes = {probe: tables.read_parquet(path, "probes")["subset"].value_counts().to_dict()
              for probe, path in probe_tables.items()}
     posteriors = {key: az.from_netcdf(path) for key, path in posterior_files.items()}
+    written = [_written_provenance(path) for path in (*score_files, *adapters)]
+    provenance = [(meta.get("variant"), meta.get("stages", {})) for meta in written]
+    provenance += [(None, _upstream_stages(path)) for path in probe_tables.values()]
+    provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
+    provenance.append(("this report", {"report": _stage()}))
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
-                        training, sizes, posteriors)
+                        training, sizes, posteriors, provenance)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)

@@ -114,6 +114,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "best_ess_bulk": "float64",
         "best_ess_tail": "float64",
         "best_divergences": "float64",
+        "best_status": "string",
         "protocol": "string",
         "scorer": "string",
     },
@@ -198,9 +199,19 @@ def write_csv(table: pd.DataFrame, path: str | Path, schema: str) -> None:
         conform(table, schema, str(path)).to_csv(tmp, index=False)
 
 
+def read_csv_as_written(path: str | Path, text_columns=()) -> pd.DataFrame:
+    """A CSV as written: `text_columns` stay strings (ids `007`), and only an empty field is missing, so that a
+    variant named `null`, `NA` or `None` stays that name."""
+    return pd.read_csv(path, dtype={column: str for column in text_columns}, keep_default_na=False, na_values=[""])
+
+
+def text_columns(schema: str) -> list[str]:
+    return [column for column, dtype in SCHEMAS[schema].items() if dtype == "string"]
+
+
 def read_csv(path: str | Path, schema: str) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, keep_default_na=True)
+        table = read_csv_as_written(path, text_columns(schema))
     except Exception as err:
         raise SchemaError(f"{path}: cannot be read as CSV ({type(err).__name__}: {err})") from err
     return conform(table, schema, str(path))

@@ -89,6 +89,10 @@ class Targets:
     def all_training_logs(self) -> list[str]:
         return [self.training_log(v.name) for v in self.study.variants.values() if v.recipe]
 
+    def all_scores(self) -> list[str]:
+        """Every variant's score table in every probe set x protocol x scorer (the report reads their provenance)."""
+        return [self.scores(*run, v) for run in self._runs() for v in self.variants_in(*run)]
+
     def final(self) -> list[str]:
         return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.REPORT]
 

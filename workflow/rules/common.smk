@@ -63,14 +63,17 @@ def model_of_variant(wildcards):
 
 def shard_dirs(wildcards):
     """The shards of a variant's generation group. Their number follows from the probe source where it can
-    be read here (so dry runs list every generation job), else from the probes checkpoint once it ran."""
+    be read here (so dry runs list every generation job), else from the probes checkpoint once it ran.
+    """
     n_prompts = TARGETS.planned_prompts(wildcards.probe)
     if n_prompts is None:
         import pyarrow.parquet as pq
 
         table = checkpoints.probes.get(probe=wildcards.probe).output[0]
         n_prompts = pq.read_metadata(table).num_rows
-    return TARGETS.shards(wildcards.probe, wildcards.protocol, wildcards.variant, n_prompts)
+    return TARGETS.shards(
+        wildcards.probe, wildcards.protocol, wildcards.variant, n_prompts
+    )
 
 
 onstart:

@@ -3,6 +3,9 @@ rule report:
         toxicity=TARGETS.TOXICITY_TABLE,
         comparisons=TARGETS.COMPARISONS_TABLE,
         training=TARGETS.all_training_logs(),
+        # read for the provenance section: what each stage ran with and loaded
+        scores=TARGETS.all_scores(),
+        adapters=[TARGETS.adapter(v.name) for v in STUDY.variants.values() if v.recipe],
         probes=[TARGETS.probes_table(probe) for probe in STUDY.run_probes],
         posteriors=list(TARGETS.all_posteriors().values()),
     output:

@@ -16,5 +16,7 @@ if __name__ == "__main__":
             training_logs=list(snakemake.input.training),
             probe_tables={probe: Targets.probes_table(probe) for probe in study.run_probes},
             posterior_files=Targets(study).all_posteriors(),
+            score_files=list(snakemake.input.scores),
+            adapters=list(snakemake.input.adapters),
             output=snakemake.output[0],
         )
