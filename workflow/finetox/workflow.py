@@ -17,6 +17,7 @@ class Targets:
         self.study = study
         self.groups = generation_groups(study)
         self.group_of = {variant: group for group, members in self.groups.items() for variant in members}
+        self._planned: dict[str, int | None] = {}
 
     # --- one path per stage ----------------------------------------------------------------
     @staticmethod
@@ -119,6 +120,11 @@ class Targets:
         This is what lets a dry run list every generation job. The count comes from the same selection
         the probes job runs, memoised under .snakemake/ by the source's identity and the probe settings.
         """
+        if probe not in self._planned:  # asked once per merge job: look the source up once per probe set
+            self._planned[probe] = self._count_planned_prompts(probe)
+        return self._planned[probe]
+
+    def _count_planned_prompts(self, probe: str) -> int | None:
         from finetox.config import config_hash
 
         fingerprint = _source_fingerprint(self.study.probes[probe].source)
