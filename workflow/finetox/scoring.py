@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -121,7 +120,9 @@ def _check_sha256(path: str, expected: str | None) -> None:
         raise ScoringError(f"scorer checkpoint {path} not found")
     if expected is None:
         return
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from finetox.hub import sha256_of
+
+    digest = sha256_of(path)  # in blocks: a checkpoint is hundreds of MB
     if digest != expected:
         raise ScoringError(f"{path}: sha256 {digest} differs from the configured {expected}; refusing to unpickle it")
 

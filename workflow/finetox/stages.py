@@ -302,7 +302,7 @@ def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list
 def comparisons_table(rate_files: list[str], best_files: list[str], output: str) -> None:
     """results/tables/comparisons.csv: the verdicts with the BEST analysis beside them (empty where it is off)."""
     keys = ["probe", "protocol", "scorer", "comparison", "subset"]
-    text = tables.text_columns("comparisons") + ["best_status"]
+    text = tables.text_columns("comparisons")  # best_status included
     rates = [tables.read_csv_as_written(path, text) for path in rate_files]
     combined = pd.concat(rates, ignore_index=True) if rates else pd.DataFrame(columns=keys)
     if best_files:
