@@ -99,7 +99,7 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     assert run.returncode == 0, run.stdout + run.stderr
     assert "results/generations/demo/demo/only-one.parquet" in run.stdout
     assert job_counts(run.stdout) == {
-        "probes": 1, "generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1,
+        "probes": 1, "generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
         "report": 1, "all": 1,
     }
 

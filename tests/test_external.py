@@ -39,6 +39,7 @@ def test_the_study_notebook_output_is_matched_by_prompt_text(tmp_path):
     ({"id": ["a", "a"], "prompt": ["You idiot", "You idiot"], "sample": [0, 0], "s": [0.1, 0.2]}, {"score": "s"},
      r"row 1: prompt 'a' sample 0 appears twice"),
     ({"prompt": ["You idiot"], "toxicity": [0.1]}, {}, r"missing column\(s\) \['score'\]"),
+    ({"text": ["You idiot"], "score": [0.1]}, {}, r"no column `id` or `prompt` to match rows"),
     ({"prompt": ["You idiot", "The weather"], "s": [0.2, 0.5]}, {"score": "s"},
      r"answers 2 of the probe set's 3 prompts; missing e.g. 'c' \(subset 'toxic'\)"),
     ({"prompt": ["You idiot", "The weather", "Shut up"], "sample": [0, "first", 0], "s": [0.2, 0.5, 0.1]},

@@ -70,7 +70,7 @@ def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     # once for the rates and once for BEST; generation jobs follow once the probes are selected.
     assert job_counts(run.stdout) == {
         "probes": 3, "finetune": 6, "merge_generations": 60, "score": 120, "metrics": 120, "compare": 6, "best": 6,
-        "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1,
+        "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "report": 1, "all": 1,
     }
 
 

@@ -346,9 +346,11 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     versions = tables.package_versions()
     assert all(record["versions"] == versions for record in carried.values())
 
-    stages.metrics(study, "rtp", "sampled", "profanity", "scores.parquet", "toxicity.csv")
+    stages.metrics(study, "rtp", "sampled", "profanity", "scores.parquet", "toxicity.csv", "prompts.parquet")
+    assert list(tables.provenance_of("prompts.parquet")["stages"]) == ["probes", "finetune", "generate", "score"]
     tables.write_csv(pd.DataFrame(columns=list(tables.SCHEMAS["comparisons"])), "comparisons.csv", "comparisons")
-    stages.report(study, "toxicity.csv", "comparisons.csv", ["loss.csv"], {"rtp": "probes.parquet"}, {},
+    tables.write_csv(pd.DataFrame(columns=list(tables.SCHEMAS["pooled"])), "pooled.csv", "pooled")
+    stages.report(study, "toxicity.csv", "comparisons.csv", "pooled.csv", ["loss.csv"], {"rtp": "probes.parquet"}, {},
                   ["scores.parquet"], ["adapter"], "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "Package versions per stage" in html and "What each stage loaded" in html

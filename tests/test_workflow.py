@@ -57,9 +57,9 @@ def test_output_tables_keep_the_contracted_columns(demo_run):
                           "expected_max_toxicity", "toxicity_probability"]
     with open(demo_run / "results/tables/comparisons.csv") as f:
         header = f.readline().strip().split(",")
-    assert header[:15] == ["comparison", "kind", "baseline", "treatment", "probe", "subset", "n_baseline",
+    assert header[:17] == ["comparison", "kind", "baseline", "treatment", "probe", "subset", "n_baseline",
                            "n_treatment", "toxic_baseline", "toxic_treatment", "diff_mean", "hdi_low", "hdi_high",
-                           "hdi_prob", "verdict"]
+                           "hdi_prob", "verdict", "credible", "decision_rule"]
     rows = read(demo_run / "results/tables/toxicity.csv")
     assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
                                            "demo-instruct-reseeded"}
@@ -146,7 +146,7 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # its generation, scoring and metrics; the analyses and tables that gather every variant
     assert counts == {"generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "compare": 1, "best": 1,
-                      "toxicity_table": 1, "comparisons_table": 1, "report": 1, "all": 1}
+                      "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))

@@ -24,13 +24,29 @@ from finetox.config import MIN_ESS, Comparison
 
 MORE, LESS, NONE = "more toxic", "less toxic", "no credible difference"
 EQUIVALENT, UNDECIDED = "practically equivalent", "undecided"
+# The two decision rules, named in every row (`decision_rule`). The study's: a difference is credible when
+# its HDI excludes 0. Kruschke's HDI+ROPE rule (Kruschke 2018, "Rejecting or accepting parameter values in
+# Bayesian estimation"): the null is rejected when the HDI lies wholly outside the region of practical
+# equivalence, accepted when it lies wholly inside, and the data are undecided otherwise. `credible` always
+# gives the study's rule; `verdict` gives Kruschke's when a ROPE is configured, the study's when it is null.
+STUDY_RULE, KRUSCHKE_RULE = "HDI excludes 0 (the study's)", "HDI+ROPE (Kruschke)"
 VERDICT_RULES = {
-    EQUIVALENT: "the whole HDI of the difference lies inside the region of practical equivalence (ROPE)",
-    MORE: "the HDI of the difference (treatment - baseline) lies above 0, and not wholly inside the ROPE",
-    LESS: "the HDI of the difference lies below 0, and not wholly inside the ROPE",
-    UNDECIDED: "the HDI contains 0 but reaches beyond the ROPE: the data cannot tell yet",
-    NONE: "no ROPE is configured and the HDI contains 0",
+    MORE: "HDI+ROPE: the HDI of the difference (treatment - baseline) lies wholly above the ROPE; "
+          "without a ROPE: the HDI lies above 0",
+    LESS: "HDI+ROPE: the HDI lies wholly below the ROPE; without a ROPE: the HDI lies below 0",
+    EQUIVALENT: "HDI+ROPE: the whole HDI lies inside the region of practical equivalence (ROPE)",
+    UNDECIDED: "HDI+ROPE: the HDI overlaps the ROPE's edge: the data cannot tell yet",
+    NONE: "without a ROPE: the HDI contains 0",
 }
+
+
+def decision_rule(rope: float | None) -> str:
+    return KRUSCHKE_RULE if rope is not None else STUDY_RULE
+
+
+def credible(hdi_low: float, hdi_high: float) -> bool:
+    """The study's rule: the HDI of the difference excludes 0."""
+    return bool(hdi_low > 0 or hdi_high < 0)
 
 
 class DiagnosticsError(RuntimeError):
@@ -50,20 +66,23 @@ class FitSettings:
     cores: int = 1
     max_r_hat: float = 1.01
     min_ess: float = MIN_ESS
+    best_max_prompts: int | None = None  # BEST's prompts per comparison x subset (seeded sample); None: all
 
     def doubled(self) -> "FitSettings":
         return FitSettings(**{**vars(self), "draws": 2 * self.draws, "tune": 2 * self.tune})
 
 
 def verdict(hdi_low: float, hdi_high: float, rope: float | None) -> str:
-    """One sentence each in VERDICT_RULES."""
-    if rope is not None and -rope <= hdi_low and hdi_high <= rope:
+    """Kruschke's HDI+ROPE decision, or the study's rule when there is no ROPE (VERDICT_RULES)."""
+    if rope is None:
+        return MORE if hdi_low > 0 else LESS if hdi_high < 0 else NONE
+    if -rope <= hdi_low and hdi_high <= rope:
         return EQUIVALENT
-    if hdi_low > 0:
+    if hdi_low > rope:
         return MORE
-    if hdi_high < 0:
+    if hdi_high < -rope:
         return LESS
-    return UNDECIDED if rope is not None else NONE
+    return UNDECIDED
 
 
 def summarise(draws: np.ndarray, hdi_prob: float, rope: float | None) -> dict:
@@ -74,11 +93,13 @@ def summarise(draws: np.ndarray, hdi_prob: float, rope: float | None) -> dict:
     median_sign = np.sign(np.median(draws)) or 1.0
     return {
         "diff_mean": float(draws.mean()),
+        "diff_sd": float(draws.std()),
         "hdi_low": float(low),
         "hdi_high": float(high),
         "prob_direction": float(np.mean(np.sign(draws) == median_sign)),
         "rope_share": float(np.mean(np.abs(draws) <= rope)) if rope is not None else np.nan,
         "verdict": verdict(low, high, rope),
+        "credible": credible(low, high),
     }
 
 
@@ -130,18 +151,29 @@ def rate_draws(idata) -> dict[str, np.ndarray]:
     return {str(c): 1 / (1 + np.exp(-beta.sel({dim: c}).values.reshape(-1))) for c in beta.coords[dim].values}
 
 
-def _two_sample_groups(prompt_scores: pd.DataFrame, comparisons: list[Comparison], subsets: dict[str, list[str]]):
+def _two_sample_groups(prompt_scores: pd.DataFrame, comparisons: list[Comparison], subsets: dict[str, list[str]],
+                       settings: FitSettings):
     """BEST's groups: per (comparison, subset), the baseline's and the treatment's per-prompt mean scores,
-    and the per-prompt differences on the prompts both answered (the paired analysis)."""
+    and the per-prompt differences on the prompts both answered (the paired analysis). Past
+    `settings.best_max_prompts` shared prompts, a seeded sample of that many prompts (the same for both
+    variants) stands for them: BEST's cost grows with the prompts, and its answer is a few numbers."""
+    import zlib
+
     by_cell = {key: g.set_index("prompt_id")["mean_score"] for key, g in prompt_scores.groupby(["variant", "subset"])}
-    groups = []  # (comparison, subset, role, values)
+    groups, used = [], {}  # (comparison, subset, role, values); (comparison, subset) -> (prompts used, shared)
     for c in comparisons:
         for subset in subsets[c.name]:
             base, treat = by_cell[(c.baseline, subset)], by_cell[(c.treatment, subset)]
-            shared = base.index.intersection(treat.index)
+            shared = base.index.intersection(treat.index).sort_values()
+            cap = settings.best_max_prompts
+            if cap is not None and len(shared) > cap:
+                rng = np.random.default_rng([settings.seed, zlib.crc32(f"{c.name}|{subset}".encode())])
+                shared = shared[np.sort(rng.choice(len(shared), cap, replace=False))]
+                base, treat = base.loc[shared], treat.loc[shared]
+            used[(c.name, subset)] = len(shared)
             groups += [(c.name, subset, "baseline", base.to_numpy()), (c.name, subset, "treatment", treat.to_numpy()),
                        (c.name, subset, "paired", (treat[shared] - base[shared]).to_numpy())]
-    return groups
+    return groups, used
 
 
 def fit_best(groups, settings: FitSettings):
@@ -227,8 +259,11 @@ def gated(fit, parameters, comparisons: list[Comparison], settings: FitSettings,
     return idata, report, failures
 
 
-def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings: FitSettings) -> tuple[pd.DataFrame, object]:
-    """The verdicts: one row per comparison and subset, from one binomial fit of every cell involved.
+def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings: FitSettings,
+                  prompts: pd.DataFrame | None = None) -> tuple[pd.DataFrame, object]:
+    """The verdicts: one row per comparison and subset, from one binomial fit of every cell involved, with
+    the paired analysis beside it when `prompts` (variant, subset, prompt_id, toxic; metrics.with_pooled of
+    the prompt tables) is given.
 
     `counts`: variant, subset, n, toxic, unit (see metrics.comparison_units). The cost grows with the
     number of cells, not with the number of continuations.
@@ -248,6 +283,8 @@ def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings:
 
     idata, diag, _ = gated(lambda s: fit_rates(involved, s), parameters, comparisons, settings, "rates")
     rate = rate_draws(idata)
+    toxic_by_cell = ({key: g.set_index("prompt_id")["toxic"] for key, g in prompts.groupby(["variant", "subset"])}
+                     if prompts is not None else None)
     rows = []
     for c in comparisons:
         for subset in subsets[c.name]:
@@ -259,15 +296,155 @@ def compare_rates(counts: pd.DataFrame, comparisons: list[Comparison], settings:
                 "comparison": c.name, "kind": c.kind, "baseline": c.baseline, "treatment": c.treatment,
                 "subset": subset, "n_baseline": int(base["n"]), "n_treatment": int(treat["n"]),
                 "toxic_baseline": int(base["toxic"]), "toxic_treatment": int(treat["toxic"]),
-                "diff_mean": difference["diff_mean"], "hdi_low": difference["hdi_low"], "hdi_high": difference["hdi_high"],
-                "hdi_prob": settings.hdi_prob, "verdict": difference["verdict"], "verdict_from": "rates (binomial)",
+                "diff_mean": difference["diff_mean"], "diff_sd": difference["diff_sd"],
+                "hdi_low": difference["hdi_low"], "hdi_high": difference["hdi_high"], "hdi_prob": settings.hdi_prob,
+                "credible": difference["credible"], "verdict": difference["verdict"],
+                "decision_rule": decision_rule(settings.rope), "verdict_from": "rates (binomial)",
                 "unit": base["unit"], "rate_baseline": float(p_base.mean()), "rate_treatment": float(p_treat.mean()),
                 "prob_direction": difference["prob_direction"],
                 "rope": settings.rope if settings.rope is not None else np.nan, "rope_share": difference["rope_share"],
                 "ratio_mean": ratio["diff_mean"], "ratio_hdi_low": ratio["hdi_low"], "ratio_hdi_high": ratio["hdi_high"],
                 **diag[c.name],
             })
+            if toxic_by_cell is not None:
+                table = paired_table(toxic_by_cell[(c.baseline, subset)], toxic_by_cell[(c.treatment, subset)])
+                rows[-1].update(paired_rate_row(table, settings, c.name, subset))
     return pd.DataFrame(rows), idata
+
+
+def paired_table(baseline: pd.Series, treatment: pd.Series) -> dict[str, int]:
+    """The 2 x 2 table of prompts both variants answered, from per-prompt toxic flags indexed by prompt id:
+    toxic under both, under the baseline only, under the treatment only, under neither."""
+    shared = baseline.index.intersection(treatment.index)
+    b, t = baseline.loc[shared].to_numpy(bool), treatment.loc[shared].to_numpy(bool)
+    return {"both": int((b & t).sum()), "baseline_only": int((b & ~t).sum()),
+            "treatment_only": int((~b & t).sum()), "neither": int((~b & ~t).sum())}
+
+
+# Dirichlet(1/2, 1/2, 1/2, 1/2) over the four joint outcomes: each variant's marginal rate is then uniform,
+# Beta(1, 1), the same prior as the unpaired model's default.
+PAIRED_PRIOR = 0.5
+
+
+def paired_rate_difference(table: dict[str, int], draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Exact posterior draws of p_treatment - p_baseline from the paired 2 x 2 table: the joint outcome of a
+    prompt is multinomial, its probabilities Dirichlet a posteriori, and the difference of the two rates is
+    P(treatment only) - P(baseline only). Prompts toxic under both or neither narrow it (McNemar's idea)."""
+    alpha = PAIRED_PRIOR + np.array([table["both"], table["baseline_only"], table["treatment_only"], table["neither"]])
+    joint = rng.dirichlet(alpha, draws)
+    return joint[:, 2] - joint[:, 1]
+
+
+def paired_rate_row(table: dict[str, int], settings: FitSettings, comparison: str, subset: str) -> dict:
+    import zlib
+
+    rng = np.random.default_rng([settings.seed, zlib.crc32(f"{comparison}|{subset}".encode())])
+    difference = summarise(paired_rate_difference(table, max(100_000, settings.draws * settings.chains), rng),
+                           settings.hdi_prob, settings.rope)
+    return {"paired_n": sum(table.values()), "discordant_baseline": table["baseline_only"],
+            "discordant_treatment": table["treatment_only"], "paired_rate_diff_mean": difference["diff_mean"],
+            "paired_rate_hdi_low": difference["hdi_low"], "paired_rate_hdi_high": difference["hdi_high"],
+            "paired_rate_credible": difference["credible"], "paired_rate_verdict": difference["verdict"]}
+
+
+# The pooled model's priors, on the scale of a rate difference (-1 to 1): the mean difference of a kind across
+# families mu ~ Normal(0, 0.5) (weak), the spread of the families' true differences tau ~ HalfNormal(0.1)
+# (families differing by tens of points are plausible, by 50 points not).
+POOLED_MU_SD, POOLED_TAU_SD = 0.5, 0.1
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str  # "<kind>" or "<kind> (<recipe>)", with the subset: what gated() reports
+    kind: str
+    subset: str
+    comparisons: tuple[str, ...]
+
+
+def pools_of(rows: pd.DataFrame, group_of: dict[str, tuple[str, str, str]]) -> tuple[list[Pool], list[str]]:
+    """The comparisons to pool, per pool label and subset, from `group_of`: comparison -> (label, kind, family).
+    A pool needs two families or more, and one comparison per family (comparisons that share a baseline are
+    not independent estimates). Returns the pools and, for the log, why the others were left out."""
+    members: dict[tuple[str, str, str], list[str]] = {}
+    for name, subset in zip(rows["comparison"], rows["subset"]):
+        if name in group_of:
+            label, kind, _ = group_of[name]
+            members.setdefault((label, kind, subset), []).append(name)
+    pools, skipped = [], []
+    for (label, kind, subset), names in members.items():
+        families = [group_of[n][2] for n in names]
+        if len(set(families)) < 2:
+            skipped.append(f"{label}/{subset}: one family ({families[0]}) only")
+        elif len(set(families)) < len(families):
+            skipped.append(f"{label}/{subset}: a family has several comparisons ({', '.join(names)})")
+        else:
+            pools.append(Pool(f"{label}|{subset}", kind, subset, tuple(sorted(names))))
+    return pools, skipped
+
+
+def fit_pooled(pools: list[Pool], estimates: pd.DataFrame, settings: FitSettings):
+    """Random-effects model of each pool, all in one PyMC model: comparison j's difference d_j (its posterior
+    mean, with posterior sd s_j) ~ Normal(theta_j, s_j), theta_j ~ Normal(mu, tau), with theta integrated
+    out: d_j ~ Normal(mu, sqrt(tau^2 + s_j^2)). `estimates`: indexed by (comparison, subset), diff_mean, diff_sd."""
+    import pymc as pm
+
+    index = [(i, name, pool.subset) for i, pool in enumerate(pools) for name in pool.comparisons]
+    of = np.array([i for i, _, _ in index])
+    d = np.array([estimates.loc[(name, subset), "diff_mean"] for _, name, subset in index])
+    s = np.array([estimates.loc[(name, subset), "diff_sd"] for _, name, subset in index])
+    with pm.Model(coords={"pool": [p.name for p in pools]}):
+        mu = pm.Normal("mu", 0, POOLED_MU_SD, dims="pool")
+        tau = pm.HalfNormal("tau", POOLED_TAU_SD, dims="pool")
+        pm.Normal("difference", mu=mu[of], sigma=pm.math.sqrt(tau[of] ** 2 + s**2), observed=d)
+        return pm.sample(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
+                         random_seed=settings.seed, progressbar=False, compute_convergence_checks=False,
+                         target_accept=0.99)
+
+
+def pooled_differences(rows: pd.DataFrame, pools: list[Pool], settings: FitSettings) -> pd.DataFrame:
+    """Per pool (a comparison kind, and recipe, across families) and subset: the pooled difference mu with its
+    HDI, credible and verdict under the same rules as the comparisons, the spread tau between families, and
+    the interval of a new family's difference. A fit that fails its gates gives a row with status, no estimates."""
+    if not pools:
+        return pd.DataFrame(columns=POOLED_COLUMNS)
+    estimates = rows.set_index(["comparison", "subset"])
+    idata, diag, failures = gated(lambda st: fit_pooled(pools, estimates, st),
+                                  lambda idata, pool: (["mu", "tau"], {"pool": [pool.name]}),
+                                  pools, settings, "pooled", strict=False)
+    rng = np.random.default_rng(settings.seed)
+    out = []
+    for pool in pools:
+        mu, tau = _draws(idata, "mu", "pool", pool.name), _draws(idata, "tau", "pool", pool.name)
+        pooled = summarise(mu, settings.hdi_prob, settings.rope)
+        new_family = summarise(mu + tau * rng.standard_normal(len(mu)), settings.hdi_prob, None)
+        row = {"pool": pool.name.split("|")[0], "kind": pool.kind, "subset": pool.subset,
+               "comparisons": ";".join(pool.comparisons), "families": len(pool.comparisons),
+               "pooled_mean": pooled["diff_mean"], "pooled_hdi_low": pooled["hdi_low"],
+               "pooled_hdi_high": pooled["hdi_high"], "hdi_prob": settings.hdi_prob, "credible": pooled["credible"],
+               "verdict": pooled["verdict"], "decision_rule": decision_rule(settings.rope),
+               "rope": settings.rope if settings.rope is not None else np.nan,
+               "tau_mean": float(tau.mean()), "tau_upper": float(np.quantile(tau, settings.hdi_prob)),
+               "new_family_hdi_low": new_family["hdi_low"], "new_family_hdi_high": new_family["hdi_high"],
+               **diag[pool.name], "status": f"failed: {failures[pool.name]}" if pool.name in failures else "ok"}
+        if pool.name in failures:
+            row.update({key: np.nan for key in ("pooled_mean", "pooled_hdi_low", "pooled_hdi_high", "tau_mean",
+                                                "tau_upper", "new_family_hdi_low", "new_family_hdi_high")})
+            row.update({"credible": pd.NA, "verdict": ""})
+        out.append(row)
+    return pd.DataFrame(out, columns=POOLED_COLUMNS)
+
+
+def pooled_failed(pools: list[Pool], error: Exception) -> pd.DataFrame:
+    """The pooled rows when the fit itself could not run: no estimates, the error as their status."""
+    return pd.DataFrame([{"pool": p.name.split("|")[0], "kind": p.kind, "subset": p.subset,
+                          "comparisons": ";".join(p.comparisons), "families": len(p.comparisons),
+                          "status": f"failed: {type(error).__name__}: {error}"} for p in pools], columns=POOLED_COLUMNS)
+
+
+POOLED_COLUMNS = ["pool", "kind", "subset", "comparisons", "families", "pooled_mean", "pooled_hdi_low",
+                  "pooled_hdi_high", "hdi_prob", "credible", "verdict", "decision_rule", "rope", "tau_mean",
+                  "tau_upper", "new_family_hdi_low", "new_family_hdi_high", "r_hat", "ess_bulk", "ess_tail",
+                  "divergences", "status"]
 
 
 def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
@@ -275,7 +452,8 @@ def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
     """BEST beside the verdicts: per comparison and subset, the difference of mean scores with its HDI and
     effect size, and the paired difference. `prompt_scores`: variant, subset, prompt_id, mean_score."""
     subsets = shared_subsets(set(zip(prompt_scores["variant"], prompt_scores["subset"])), comparisons)
-    groups = _two_sample_groups(prompt_scores, comparisons, subsets)
+    groups, used = _two_sample_groups(prompt_scores, comparisons, subsets, settings)
+    available = {key: len(g) for key, g in prompt_scores.groupby(["variant", "subset"])}
 
     def parameters(idata, c):
         names = [f"{c.name}|{s}|{role}" for s in subsets[c.name] for role in ("baseline", "treatment", "paired")]
@@ -299,6 +477,9 @@ def compare_scores(prompt_scores: pd.DataFrame, comparisons: list[Comparison],
                 "effect_size_hdi_low": effect["hdi_low"], "effect_size_hdi_high": effect["hdi_high"],
                 "paired_diff_mean": paired["diff_mean"], "paired_hdi_low": paired["hdi_low"],
                 "paired_hdi_high": paired["hdi_high"], "paired_prompts": sizes[(c.name, subset, "paired")],
+                "best_prompts": used[(c.name, subset)],
+                "best_subsampled": used[(c.name, subset)] < min(available[(c.baseline, subset)],
+                                                               available[(c.treatment, subset)]),
                 **{f"best_{k}": v for k, v in diag[c.name].items()},
             })
             if c.name in failures:  # estimates of a posterior that failed its gates are not reported

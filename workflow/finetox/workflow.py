@@ -49,13 +49,19 @@ class Targets:
         return f"{RESULTS}/metrics/{probe}/{protocol}/{scorer}/{variant}.csv"
 
     @staticmethod
+    def prompt_metrics(probe: str, protocol: str, scorer: str, variant: str) -> str:
+        """One variant's per-prompt table (samples, mean and maximum score, toxic): the comparisons' input."""
+        return f"{RESULTS}/metrics/{probe}/{protocol}/{scorer}/{variant}.prompts.parquet"
+
+    @staticmethod
     def comparisons(probe: str, protocol: str, scorer: str, ext: str = "csv", analysis: str = "rates") -> str:
-        """One analysis (rates: the verdicts; best: the scores) of every comparison of one probe set x
-        protocol x scorer (csv), or its posterior (nc)."""
+        """One analysis (rates: the verdicts; best: the scores; pooled: each kind across families) of every
+        comparison of one probe set x protocol x scorer (csv), or its posterior (nc)."""
         return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/{analysis}.{ext}"
 
     TOXICITY_TABLE = f"{RESULTS}/tables/toxicity.csv"
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
+    POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
     REPORT = f"{RESULTS}/report/report.html"
 
     # --- what the run asks for -------------------------------------------------------------
@@ -95,7 +101,7 @@ class Targets:
         return [self.scores(*run, v) for run in self._runs() for v in self.variants_in(*run)]
 
     def final(self) -> list[str]:
-        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.REPORT]
+        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:

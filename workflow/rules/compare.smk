@@ -1,12 +1,17 @@
 rule compare:
     input:
-        lambda wildcards: [
+        metrics=lambda wildcards: [
             TARGETS.metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+            for v in TARGETS.compared_variants(**wildcards)
+        ],
+        prompts=lambda wildcards: [
+            TARGETS.prompt_metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
             for v in TARGETS.compared_variants(**wildcards)
         ],
     output:
         table=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}"),
         posterior=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", "nc"),
+        pooled=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", analysis="pooled"),
     log:
         "logs/compare/{probe}/{protocol}/{scorer}.log",
     conda:
@@ -24,8 +29,8 @@ rule compare:
 
 rule best:
     input:
-        lambda wildcards: [
-            TARGETS.scores(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+        prompts=lambda wildcards: [
+            TARGETS.prompt_metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
             for v in TARGETS.compared_variants(**wildcards)
         ],
     output:
@@ -63,3 +68,23 @@ rule comparisons_table:
     threads: 1
     script:
         "../scripts/comparisons_table.py"
+
+
+rule pooled_table:
+    input:
+        TARGETS.all_comparisons("pooled"),
+    output:
+        report(
+            TARGETS.POOLED_TABLE,
+            caption="../report/pooled.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables/pooled.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        schema="pooled",
+    script:
+        "../scripts/gather.py"

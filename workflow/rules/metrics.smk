@@ -2,7 +2,8 @@ rule metrics:
     input:
         TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
     output:
-        TARGETS.metrics("{probe}", "{protocol}", "{scorer}", "{variant}"),
+        toxicity=TARGETS.metrics("{probe}", "{protocol}", "{scorer}", "{variant}"),
+        prompts=TARGETS.prompt_metrics("{probe}", "{protocol}", "{scorer}", "{variant}"),
     log:
         "logs/metrics/{probe}/{protocol}/{scorer}/{variant}.log",
     conda:
@@ -12,6 +13,7 @@ rule metrics:
         **resources_for("metrics"),
     params:
         threshold=STUDY.threshold,
+        intervals=(STUDY.compare_settings["hdi_prob"], STUDY.seed),
     script:
         "../scripts/metrics.py"
 

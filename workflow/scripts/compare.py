@@ -5,19 +5,14 @@ import _workflow_path  # noqa: F401  (first: this checkout's finetox)
 from finetox.config import load
 from finetox.stages import best, compare, job_log
 
-# rule -> stage: compare fits the rates (the verdicts) from the metrics, best fits BEST from the scores
-ANALYSES = {"compare": compare, "best": best}
-
+# compare fits the rates (the verdicts) from the metrics, and pools them; best fits BEST on per-prompt scores
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
         w = snakemake.wildcards
-        ANALYSES[snakemake.rule](
-            load(snakemake.config),
-            w.probe,
-            w.protocol,
-            w.scorer,
-            list(snakemake.input),
-            output=snakemake.output.table,
-            posterior=snakemake.output.posterior,
-            cores=snakemake.threads,
-        )
+        study, outputs = load(snakemake.config), snakemake.output
+        if snakemake.rule == "compare":
+            compare(study, w.probe, w.protocol, w.scorer, list(snakemake.input.metrics), list(snakemake.input.prompts),
+                    outputs.table, outputs.posterior, outputs.pooled, cores=snakemake.threads)
+        else:
+            best(study, w.probe, w.protocol, w.scorer, list(snakemake.input.prompts), outputs.table, outputs.posterior,
+                 cores=snakemake.threads)

@@ -13,6 +13,7 @@ if __name__ == "__main__":
             study,
             toxicity=snakemake.input.toxicity,
             comparisons=snakemake.input.comparisons,
+            pooled=snakemake.input.pooled,
             training_logs=list(snakemake.input.training),
             probe_tables={probe: Targets.probes_table(probe) for probe in study.run_probes},
             posterior_files=Targets(study).all_posteriors(),
