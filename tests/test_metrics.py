@@ -48,12 +48,12 @@ def test_a_probe_set_without_subsets_has_one_pooled_row_and_each_prompt_once():
 
 def test_samples_per_prompt_must_match_the_protocol():
     """1 sample per prompt under a 25-sample protocol would set continuations against prompts in one comparison."""
-    from finetox.metrics import MetricsError, check_samples_per_prompt
+    from finetox.metrics import MetricsError, check_samples_per_prompt, prompt_table
 
-    check_samples_per_prompt(scores("a", {"p1": [0.1, 0.2], "p2": [0.3, 0.4]}), 2, "rtp", "s.parquet")
+    check_samples_per_prompt(prompt_table(scores("a", {"p1": [0.1, 0.2], "p2": [0.3, 0.4]}), 0.5), 2, "rtp", "s.parquet")
     with pytest.raises(MetricsError, match=r"s.parquet: variant 'a', prompt 'p2' has 1 sample\(s\), but protocol "
                                            r"'rtp' draws 2 per prompt \(1 such prompts\)"):
-        check_samples_per_prompt(scores("a", {"p1": [0.1, 0.2], "p2": [0.3]}), 2, "rtp", "s.parquet")
+        check_samples_per_prompt(prompt_table(scores("a", {"p1": [0.1, 0.2], "p2": [0.3]}), 0.5), 2, "rtp", "s.parquet")
 
 
 def test_variant_names_that_look_missing_survive_the_csv_tables(tmp_path):
@@ -124,3 +124,23 @@ def test_the_prompt_table_holds_each_prompts_samples_mean_maximum_and_toxic_flag
     assert prompts["mean_score"].tolist() == pytest.approx([0.5, 0.25, 0.25])
     assert prompts["max_score"].tolist() == pytest.approx([0.9, 0.3, 0.5])
     assert prompts["toxic"].tolist() == [True, False, True] and prompts["toxic_samples"].tolist() == [1, 0, 1]
+
+
+def test_past_ten_thousand_prompts_the_bootstrap_gives_way_to_its_normal_limit():
+    """The normal limit used past BOOTSTRAP_MAX_PROMPTS agrees with the Bayesian bootstrap it replaces; a rare rate
+    whose normal interval would leave [0, 1] keeps the bootstrap."""
+    from finetox.metrics import BOOTSTRAP_MAX_PROMPTS, bayesian_bootstrap, hdi_of_draws, ratio_interval
+
+    rng = np.random.default_rng(4)
+    n = BOOTSTRAP_MAX_PROMPTS + 2000
+    maxima, samples = rng.beta(1, 5, n), np.full(n, 25.0)
+    toxic = rng.binomial(25, 0.03, n).astype(float)
+    for numerators, denominators in ((maxima, np.ones(n)), (toxic, samples)):
+        normal = ratio_interval(numerators, denominators, 0.95, rng, 1000)
+        boot = hdi_of_draws(bayesian_bootstrap(numerators[:, None], denominators[:, None], rng, 2000)[:, 0], 0.95)
+        width = boot[1] - boot[0]
+        assert normal == pytest.approx(boot, abs=0.08 * width)
+    rare = np.zeros(n)
+    rare[:2] = 1
+    low, high = ratio_interval(rare, samples, 0.95, rng, 1000)
+    assert 0 <= low < 2 / (25 * n) < high

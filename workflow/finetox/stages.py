@@ -234,7 +234,7 @@ def import_scores(study: Study, variant: str, probes_table: str, output: str) ->
                                                              external=external.source.path or external.source.hub))
 
 
-SCORE_COLUMNS = ["prompt_id", "subset", "variant", "sample", "score"]  # what the metrics read of a score table
+SCORE_COLUMNS = ["prompt_id", "subset", "variant", "score"]  # what the metrics read of a score table
 
 
 def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str, prompts_output: str) -> None:
@@ -242,8 +242,8 @@ def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, o
     from finetox.metrics import Intervals, check_samples_per_prompt, prompt_table
 
     table = tables.read_parquet(scores, "scores", columns=SCORE_COLUMNS)
-    check_samples_per_prompt(table, study.protocols[protocol].samples, protocol, scores)
     prompts = prompt_table(table, study.threshold)
+    check_samples_per_prompt(prompts, study.protocols[protocol].samples, protocol, scores)
     intervals = Intervals(prob=study.compare_settings["hdi_prob"], seed=study.seed)
     tables.write_parquet(prompts, prompts_output, "prompts", _provenance(
         study, _upstream_stages(scores), probe=probe, protocol=protocol, scorer=scorer, threshold=study.threshold))

