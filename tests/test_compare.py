@@ -59,8 +59,9 @@ def test_best_on_scores_sees_the_difference_and_pairs_the_prompts():
     assert result.loc["nontoxic", "score_hdi_low"] < 0 < result.loc["nontoxic", "score_hdi_high"]
     # pairing removes the prompt-to-prompt spread: a much narrower interval around the same shift
     assert result.loc["toxic", "paired_hdi_low"] < 0.2 < result.loc["toxic", "paired_hdi_high"]
-    width = result["paired_hdi_high"] - result["paired_hdi_low"]
-    assert (width < 0.5 * (result["score_hdi_high"] - result["score_hdi_low"])).all()
+    # (within a subset: the pooled `all` mixes the +0.2 and 0 shifts, so its paired differences are bimodal)
+    width = (result["paired_hdi_high"] - result["paired_hdi_low"]).loc[["toxic", "nontoxic"]]
+    assert (width < 0.5 * (result["score_hdi_high"] - result["score_hdi_low"]).loc[["toxic", "nontoxic"]]).all()
     assert result.loc["toxic", "effect_size_hdi_low"] > 0.5 and (result["paired_prompts"] == [150, 150, 300]).all()
     assert (result["best_r_hat"] <= 1.01).all()
 

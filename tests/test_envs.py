@@ -149,7 +149,10 @@ class ImportGraph:
     @staticmethod
     @functools.cache
     def _tree(module: str) -> ast.Module:
-        return ast.parse((WORKFLOW / (module.replace(".", "/") + ".py")).read_text())
+        path = WORKFLOW / (module.replace(".", "/") + ".py")
+        if not path.exists():  # a package: its __init__
+            path = WORKFLOW / module.replace(".", "/") / "__init__.py"
+        return ast.parse(path.read_text())
 
     def script(self, path: Path) -> set[str]:
         tree = ast.parse(path.read_text())

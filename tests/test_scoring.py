@@ -108,3 +108,87 @@ def test_a_score_that_is_not_a_probability_fails_the_job(value):
 def test_a_missing_continuation_fails_rather_than_scoring_zero():
     with pytest.raises(ScoringError, match="continuation p1/0 is missing"):
         score_table(generations(["fine", None]), OfflineScorer(), "offline")
+
+
+# texts of many lengths (words outside the tiny vocabulary become [UNK]), some repeated, so that sorting by
+# length, batching and restoring the order all have work to do
+VARIED = TEXTS + [" ".join(TEXTS[i % 4] for i in range(n)) for n in range(1, 9)] + ["shut up.", "lovely", TEXTS[0]]
+
+
+def detoxify_options(detoxify_checkpoint, **options):
+    checkpoint, config_dir, _ = detoxify_checkpoint
+    return {"checkpoint": str(checkpoint), "config_dir": str(config_dir), **options}
+
+
+def test_detoxify_scores_equal_detoxify_predict(detoxify_checkpoint):
+    from detoxify import Detoxify
+
+    checkpoint, config_dir, _ = detoxify_checkpoint
+    scores = build_scorer("detoxify", detoxify_options(detoxify_checkpoint)).predict(VARIED)
+    detoxify = Detoxify(checkpoint=str(checkpoint), huggingface_config_path=str(config_dir))
+    one_by_one = [detoxify.predict(text) for text in VARIED]
+    all_at_once = detoxify.predict(VARIED)
+    assert list(scores) == list(all_at_once) == ["toxicity", "severe_toxicity", "obscene", "threat", "insult",
+                                                 "identity_attack"]
+    for label, values in scores.items():
+        assert all(type(v) is float for v in values)
+        np.testing.assert_allclose(values, all_at_once[label], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(values, [s[label] for s in one_by_one], rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def hf_classifier(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("classifier")
+    tiny_bert(directory, 2, id2label={0: "nothate", 1: "hate"}, label2id={"nothate": 0, "hate": 1})
+    return {"model": str(directory), "label": "hate"}
+
+
+@pytest.fixture(params=["detoxify", "hf-classifier"])
+def scorer_options(request, detoxify_checkpoint, hf_classifier):
+    return request.param, detoxify_options(detoxify_checkpoint) if request.param == "detoxify" else hf_classifier
+
+
+def test_scores_do_not_depend_on_order_or_batch_size(scorer_options):
+    kind, options = scorer_options
+    reference = build_scorer(kind, options).predict(VARIED)
+    permutation = np.random.default_rng(0).permutation(len(VARIED))
+    for batch_size in (1, 2, 5, 128):
+        scores = build_scorer(kind, {**options, "batch_size": batch_size}).predict([VARIED[i] for i in permutation])
+        assert list(scores) == list(reference)
+        for label, values in scores.items():
+            restored = np.empty(len(VARIED))
+            restored[permutation] = values
+            np.testing.assert_allclose(restored, reference[label], rtol=0, atol=1e-6)
+            if batch_size == 128:  # the same batches whatever the order: the same bits
+                assert restored.tolist() == reference[label]
+    assert build_scorer(kind, options).predict([]) == {label: [] for label in reference}
+
+
+def test_scoring_runs_in_inference_mode(scorer_options):
+    kind, options = scorer_options
+    scorer = build_scorer(kind, options)
+    seen = []
+    scorer.model.register_forward_hook(
+        lambda module, args, output: seen.append((torch.is_inference_mode_enabled(), output.logits.requires_grad,
+                                                  module.training)))
+    scorer.predict(VARIED)
+    assert seen and set(seen) == {(True, False, False)}
+
+
+def test_bfloat16_scores_are_close_to_float32(scorer_options):
+    kind, options = scorer_options
+    float32 = build_scorer(kind, options).predict(VARIED)
+    scorer = build_scorer(kind, {**options, "dtype": "bfloat16"})
+    assert next(scorer.model.parameters()).dtype == torch.bfloat16
+    for label, values in scorer.predict(VARIED).items():
+        assert all(type(v) is float for v in values)
+        np.testing.assert_allclose(values, float32[label], rtol=0, atol=2e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="float16 is refused only without CUDA")
+def test_an_unsupported_dtype_is_refused_naming_the_key(scorer_options):
+    kind, options = scorer_options
+    with pytest.raises(ScoringError, match=r"`dtype: float16` needs a CUDA device, this job runs on cpu"):
+        build_scorer(kind, {**options, "dtype": "float16"})
+    with pytest.raises(ScoringError, match=r"`dtype: float64` is not one of float32, bfloat16, float16"):
+        build_scorer(kind, {**options, "dtype": "float64"})

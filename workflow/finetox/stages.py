@@ -18,7 +18,6 @@ import pandas as pd
 
 from finetox import tables
 from finetox.config import Study, config_hash
-from finetox.metrics import toxicity_metrics
 from finetox.workflow import Targets, shard_rows
 
 
@@ -239,7 +238,7 @@ SCORE_COLUMNS = ["prompt_id", "subset", "variant", "score"]  # what the metrics 
 
 def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, output: str, prompts_output: str) -> None:
     """One variant's toxicity metrics per subset (with intervals), and its per-prompt table for the comparisons."""
-    from finetox.metrics import Intervals, check_samples_per_prompt, prompt_table
+    from finetox.metrics import Intervals, check_samples_per_prompt, prompt_table, toxicity_metrics
 
     table = tables.read_parquet(scores, "scores", columns=SCORE_COLUMNS)
     prompts = prompt_table(table, study.threshold)

@@ -5,13 +5,17 @@ rule compare:
             for v in TARGETS.compared_variants(**wildcards)
         ],
         prompts=lambda wildcards: [
-            TARGETS.prompt_metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+            TARGETS.prompt_metrics(
+                wildcards.probe, wildcards.protocol, wildcards.scorer, v
+            )
             for v in TARGETS.compared_variants(**wildcards)
         ],
     output:
         table=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}"),
         posterior=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", "nc"),
-        pooled=TARGETS.comparisons("{probe}", "{protocol}", "{scorer}", analysis="pooled"),
+        pooled=TARGETS.comparisons(
+            "{probe}", "{protocol}", "{scorer}", analysis="pooled"
+        ),
     log:
         "logs/compare/{probe}/{protocol}/{scorer}.log",
     conda:
@@ -30,7 +34,9 @@ rule compare:
 rule best:
     input:
         prompts=lambda wildcards: [
-            TARGETS.prompt_metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
+            TARGETS.prompt_metrics(
+                wildcards.probe, wildcards.protocol, wildcards.scorer, v
+            )
             for v in TARGETS.compared_variants(**wildcards)
         ],
     output:
