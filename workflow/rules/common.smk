@@ -86,5 +86,6 @@ onstart:
 localrules:
     toxicity_table,
     comparisons_table,
+    pooled_table,
     merge_generations,
     prefetch,
