@@ -37,12 +37,12 @@ def test_one_sample_per_prompt_reports_no_rtp_metrics():
 
 
 def test_a_probe_set_without_subsets_has_one_pooled_row_and_each_prompt_once():
-    from finetox.metrics import prompt_means
+    from finetox.metrics import prompt_table, with_pooled
 
     table = scores("a", {"p1": [0.9, 0.1], "p2": [0.2, 0.3]}, "all")
     out = toxicity_metrics(table, "rtp", "sampled", "detoxify", 0.5)
     assert out["subset"].tolist() == ["all"] and out["n"].tolist() == [4] and out["n_prompts"].tolist() == [2]
-    means = prompt_means(table)
+    means = with_pooled(prompt_table(table, 0.5))
     assert sorted(means["prompt_id"]) == ["p1", "p2"] and means["mean_score"].tolist() == pytest.approx([0.5, 0.25])
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from finetox.config import MIN_ESS, Comparison
+from finetox.metrics import keyed_rng
 
 MORE, LESS, NONE = "more toxic", "less toxic", "no credible difference"
 EQUIVALENT, UNDECIDED = "practically equivalent", "undecided"
@@ -157,8 +158,6 @@ def _two_sample_groups(prompt_scores: pd.DataFrame, comparisons: list[Comparison
     and the per-prompt differences on the prompts both answered (the paired analysis). Past
     `settings.best_max_prompts` shared prompts, a seeded sample of that many prompts (the same for both
     variants) stands for them: BEST's cost grows with the prompts, and its answer is a few numbers."""
-    import zlib
-
     by_cell = {key: g.set_index("prompt_id")["mean_score"] for key, g in prompt_scores.groupby(["variant", "subset"])}
     groups, used = [], {}  # (comparison, subset, role, values); (comparison, subset) -> (prompts used, shared)
     for c in comparisons:
@@ -167,7 +166,7 @@ def _two_sample_groups(prompt_scores: pd.DataFrame, comparisons: list[Comparison
             shared = base.index.intersection(treat.index).sort_values()
             cap = settings.best_max_prompts
             if cap is not None and len(shared) > cap:
-                rng = np.random.default_rng([settings.seed, zlib.crc32(f"{c.name}|{subset}".encode())])
+                rng = keyed_rng(settings.seed, f"{c.name}|{subset}")
                 shared = shared[np.sort(rng.choice(len(shared), cap, replace=False))]
                 base, treat = base.loc[shared], treat.loc[shared]
             used[(c.name, subset)] = len(shared)
@@ -336,9 +335,7 @@ def paired_rate_difference(table: dict[str, int], draws: int, rng: np.random.Gen
 
 
 def paired_rate_row(table: dict[str, int], settings: FitSettings, comparison: str, subset: str) -> dict:
-    import zlib
-
-    rng = np.random.default_rng([settings.seed, zlib.crc32(f"{comparison}|{subset}".encode())])
+    rng = keyed_rng(settings.seed, f"{comparison}|{subset}")
     difference = summarise(paired_rate_difference(table, max(100_000, settings.draws * settings.chains), rng),
                            settings.hdi_prob, settings.rope)
     return {"paired_n": sum(table.values()), "discordant_baseline": table["baseline_only"],

@@ -112,8 +112,9 @@ def prompt_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return prompts
 
 
-def _interval_seed(seed: int, *names: str) -> np.random.Generator:
-    """A generator of its own per cell: a cell's interval does not depend on which others are computed."""
+def keyed_rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator of its own per named cell (the config's seed and the names): a cell's draws do not depend
+    on which other cells are computed, or in what order."""
     return np.random.default_rng([seed, *(zlib.crc32(name.encode()) for name in names)])
 
 
@@ -161,7 +162,7 @@ def toxicity_metrics(scores: pd.DataFrame, probe: str, protocol: str, scorer: st
         if [subset for subset, _ in groups] != [POOLED]:  # a probe set without subsets is already pooled
             groups.append((POOLED, by_variant))
         for subset, table in groups:
-            rng = _interval_seed(intervals.seed, probe, protocol, scorer, variant, subset)
+            rng = keyed_rng(intervals.seed, probe, protocol, scorer, variant, subset)
             rows.append({"variant": variant, "probe": probe, "subset": subset, **_summarise(table, intervals, rng)})
     return pd.DataFrame(rows).assign(protocol=protocol, scorer=scorer, threshold=threshold)
 
@@ -171,12 +172,6 @@ def with_pooled(prompts: pd.DataFrame) -> pd.DataFrame:
     if set(prompts["subset"]) == {POOLED}:  # a probe set without subsets is already pooled
         return prompts
     return pd.concat([prompts, prompts.assign(subset=POOLED)], ignore_index=True)
-
-
-def prompt_means(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per-prompt mean score (over its samples) per variant and subset, plus the pooled subset `all`."""
-    means = scores.groupby(["variant", "subset", "prompt_id"], as_index=False)["score"].mean()
-    return with_pooled(means.rename(columns={"score": "mean_score"}))
 
 
 class MetricsError(ValueError):
