@@ -122,8 +122,7 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
         pidfile = Path("/run/munge/munged.pid")  # munged runs as munge: its own directory
         pidfile.unlink(missing_ok=True)
         subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
-        self._wait(lambda: pidfile.exists(), "munged")
-        self.pids["munged"] = int(pidfile.read_text())
+        self.pids["munged"] = self._pid(pidfile, "munged")
 
     def start(self) -> None:
         self.write_config()
@@ -131,9 +130,7 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
         env = {**os.environ, **self.env}
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon, "-f", str(self.conf)], check=True, env=env)
-            pidfile = self.root / f"{daemon}.pid"
-            self._wait(pidfile.exists, daemon)
-            self.pids[daemon] = int(pidfile.read_text())
+            self.pids[daemon] = self._pid(self.root / f"{daemon}.pid", daemon)
         self._wait(lambda: "idle" in self.run("sinfo", "-h", "-o", "%t").stdout, "an idle node", timeout=60)
 
     def run(self, *command: str) -> subprocess.CompletedProcess:
@@ -165,6 +162,14 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
                 except ProcessLookupError:
                     break
                 time.sleep(0.1)
+
+    @classmethod
+    def _pid(cls, pidfile: Path, daemon: str) -> int:
+        """The daemon's pid once it has written it: the file appears (empty) before the number does."""
+        def written() -> str:
+            return pidfile.read_text().strip() if pidfile.exists() else ""
+        cls._wait(lambda: written().isdigit(), f"{daemon}'s pid file {pidfile}")
+        return int(written())
 
     @staticmethod
     def _wait(ready, what: str, timeout: float = 30) -> None:
