@@ -73,6 +73,16 @@ class FitSettings:
         return FitSettings(**{**vars(self), "draws": 2 * self.draws, "tune": 2 * self.tune})
 
 
+#: the verdicts in the words of what a scorer measures (the analysis speaks toxicity's: a higher rate is MORE)
+WORDING = {"toxicity": {}, "refusal": {MORE: "more refusals", LESS: "fewer refusals"}}
+
+
+def in_words_of(rows: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """`rows` with their verdict columns worded for `measure` ("more refusals", not "more toxic")."""
+    columns = [c for c in ("verdict", "paired_rate_verdict") if c in rows.columns]
+    return rows.assign(**{c: rows[c].replace(WORDING[measure]) for c in columns})
+
+
 def verdict(hdi_low: float, hdi_high: float, rope: float | None) -> str:
     """Kruschke's HDI+ROPE decision, or the study's rule when there is no ROPE (VERDICT_RULES)."""
     if rope is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,8 @@ class TableSource:
     revision: str | None
     columns: dict[str, str]
     limit: int | None
+    #: how a fine-tuning dataset's rows are read: instructions, or one of the preference formats
+    format: str = "instructions"
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,40 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    name: str
+class DatasetPart:
+    """One dataset of a recipe's training data, with the seeded number of its rows used (None: all)."""
+
     dataset: TableSource
+    examples: int | None
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    beta: float
+    loss_type: str
+    swap_labels: bool
+
+
+#: the dataset formats that hold preference pairs (finetox.preference's mappers), by config name
+PREFERENCE_FORMATS = {"preferences": "columns", "pku-saferlhf": "pku-saferlhf", "hh-rlhf": "hh-rlhf"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A LoRA fine-tune: supervised (sft) on one dataset or a mix of them, or preference optimisation (dpo)."""
+
+    name: str
+    method: str
+    parts: tuple[DatasetPart, ...]
     template: str
     max_examples: int | None
     lora: LoraSettings
     training: TrainingSettings
+    dpo: DPOSettings | None = None
+
+    @property
+    def datasets(self) -> tuple[TableSource, ...]:
+        return tuple(part.dataset for part in self.parts)
 
 
 @dataclass(frozen=True)
@@ -208,6 +237,8 @@ class Variant:
     seed: int | None
     prompt_format: str | None
     external: ExternalScores | None = None
+    #: a sequential recipe: the fine-tuned variant whose merged checkpoint this one trains on and is served from
+    start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +246,8 @@ class ScorerSpec:
     name: str
     type: str
     options: dict[str, Any]
+    #: what the scorer's score measures (toxicity or refusal): the tables and verdicts are worded by it
+    measures: str = "toxicity"
 
 
 @dataclass(frozen=True)
@@ -277,11 +310,24 @@ class Study:
         """A digest of what makes a variant's adapter what it is: the checkpoint, recipe, data and seed."""
         return config_hash(self._training_settings(variant))
 
+    def checkpoint(self, variant: str) -> ModelSource:
+        """The weights a variant loads (and its adapter trains on): its model, or for a sequential recipe the
+        merged checkpoint of the variant it starts from (written by the merge rule)."""
+        v = self.variants[variant]
+        if not v.start:
+            return v.model
+        return replace(v.model, name=f"{v.start}.merged", path=MERGED_CHECKPOINT.format(variant=v.start), hub=None,
+                       revision=None)
+
+    def _checkpoint_settings(self, variant: str) -> dict:
+        v = self.variants[variant]
+        return {"merged": self._training_settings(v.start)} if v.start else _checkpoint(self.raw["models"][v.model.name])
+
     def generation_hash(self, variant: str, protocol: str) -> str:
         """A digest of what makes a variant's continuations under one protocol what they are."""
         v, p = self.variants[variant], self.protocols[protocol]
         return config_hash({
-            "model": _checkpoint(self.raw["models"][v.model.name]),
+            "model": self._checkpoint_settings(variant),
             "adapter": self._training_settings(variant) if v.recipe else None,
             "seed": v.seed if v.seed is not None else p.seed,
             "prompt_format": v.prompt_format or p.prompt_format,
@@ -297,12 +343,19 @@ class Study:
     def _training_settings(self, variant: str) -> dict:
         v = self.variants[variant]
         recipe = self.raw["recipes"][v.recipe.name]
+        datasets = self.raw["datasets"]
         return {
-            "model": _checkpoint(self.raw["models"][v.model.name]),
+            "model": self._checkpoint_settings(variant),
             "recipe": {key: value for key, value in recipe.items() if key != "training"},
             "training": {**recipe["training"], "seed": v.recipe.training.seed},
-            "dataset": self.raw["datasets"][recipe["dataset"]],
+            # (a recipe of one dataset keeps the digest it had before mixes existed: no rerun on upgrade)
+            "dataset": (datasets[recipe["dataset"]] if "dataset" in recipe
+                        else [datasets[part["dataset"]] for part in recipe["mix"]]),
         }
+
+
+#: where the merge rule writes a fine-tuned variant's checkpoint with its adapter merged in
+MERGED_CHECKPOINT = "results/merged/{variant}"
 
 
 # model settings that say which weights are loaded (the others size the engine and the job)
@@ -350,6 +403,7 @@ def _table_source(name: str, raw: dict) -> TableSource:
         revision=raw["revision"],
         columns=dict(raw["columns"]),
         limit=raw["limit"],
+        format=raw.get("format", "instructions"),
     )
 
 
@@ -370,11 +424,18 @@ def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, 
         base = roles.get("base", [None])[0]
         if "base_vs_instruct" in kinds and base and instruct:
             comparisons[f"{base}_vs_{instruct}"] = Comparison(f"{base}_vs_{instruct}", "base_vs_instruct", base, instruct)
-        for role, kind in (("finetuned", "instruct_vs_finetuned"), ("community", "instruct_vs_community")):
+        for role, kind in (("finetuned", "instruct_vs_finetuned"), ("community", "instruct_vs_community"),
+                           ("aligned", "instruct_vs_aligned")):
             if kind in kinds and instruct:
                 for treatment in roles.get(role, []):
                     name = f"{instruct}_vs_{treatment}"
                     comparisons[name] = Comparison(name, kind, instruct, treatment)
+        if "finetuned_vs_aligned" in kinds:  # the repair: an aligned variant against the fine-tune it starts from
+            for treatment in roles.get("aligned", []):
+                start = variants[treatment].start
+                if start and variants[start].role == "finetuned":
+                    name = f"{start}_vs_{treatment}"
+                    comparisons[name] = Comparison(name, "finetuned_vs_aligned", start, treatment)
     for pair in pairs:
         for side in ("baseline", "treatment"):
             _require(pair[side], variants, "variant", f"comparisons.pairs[{pair['name']!r}].{side}")
@@ -385,6 +446,81 @@ def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, 
             raise ConfigError(f"comparisons.pairs: name {pair['name']!r} is already used by a derived comparison")
         comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"])
     return comparisons
+
+
+#: the roles whose variants train a recipe's adapter
+TRAINED_ROLES = ("finetuned", "aligned")
+
+
+def _recipe(name: str, r: dict, datasets: dict[str, TableSource], seed: int) -> Recipe:
+    where = f"recipes[{name!r}]"
+    method = r.get("method", "sft")
+    parts = r.get("mix") or [{"dataset": r["dataset"], "examples": r["max_examples"]}]
+    for i, part in enumerate(parts):
+        _require(part["dataset"], datasets, "dataset", f"{where}." + (f"mix[{i}].dataset" if "mix" in r else "dataset"))
+    formats = {part["dataset"]: datasets[part["dataset"]].format for part in parts}
+    if method == "sft":
+        wrong = {d: f for d, f in formats.items() if f != "instructions"}
+        if wrong:
+            raise ConfigError(f"{where}: method sft trains on instructions, but dataset(s) {wrong} hold preference "
+                              f"pairs; use method: dpo, or a dataset with format: instructions")
+        if "dpo" in r:
+            raise ConfigError(f"{where}.dpo: DPO settings need method: dpo")
+    else:
+        if "mix" in r:
+            raise ConfigError(f"{where}.mix: method dpo trains on one preference dataset; give `dataset`")
+        if formats[r["dataset"]] not in PREFERENCE_FORMATS:
+            raise ConfigError(f"{where}.dataset: method dpo needs preference pairs, but dataset {r['dataset']!r} has "
+                              f"format {formats[r['dataset']]!r}; give it one of {sorted(PREFERENCE_FORMATS)}")
+    if "mix" in r and r["max_examples"] is not None:
+        raise ConfigError(f"{where}.max_examples: with `mix`, give each dataset's `examples` instead")
+    dpo = {"beta": 0.1, "loss_type": "sigmoid", "swap_labels": False, **r.get("dpo", {})}
+    training = dict(r["training"])
+    training["seed"] = training["seed"] if training["seed"] is not None else seed
+    return Recipe(
+        name=name,
+        method=method,
+        parts=tuple(DatasetPart(datasets[p["dataset"]], p["examples"]) for p in parts),
+        template=r["template"],
+        max_examples=r["max_examples"],
+        lora=LoraSettings(**{**r["lora"], "target_modules": tuple(r["lora"]["target_modules"])}),
+        training=TrainingSettings(**training),
+        dpo=DPOSettings(**dpo) if method == "dpo" else None,
+    )
+
+
+def _resolve_starts(variants: dict[str, Variant]) -> dict[str, Variant]:
+    """Sequential recipes: each `from` names a fine-tuned variant of the same family, without cycles; a variant
+    that starts from another takes its root model (whose resources and Hub files it needs)."""
+    def root(name: str, seen: tuple[str, ...]) -> Variant:
+        v = variants[name]
+        if not v.start:
+            return v
+        where = f"variants[{name!r}].from"
+        _require(v.start, variants, "variant", where)
+        start = variants[v.start]
+        if v.start in seen:
+            raise ConfigError(f"{where}: the chain {' -> '.join(seen + (v.start,))} is a cycle")
+        if not start.recipe:
+            raise ConfigError(f"{where}: {v.start!r} has no recipe, so no adapter to merge; start from a variant with "
+                              f"role {' or '.join(TRAINED_ROLES)} (or give this variant `model: <its model>`)")
+        if start.family != v.family:
+            raise ConfigError(f"{where}: {v.start!r} is in family {start.family!r}, this variant in {v.family!r}; "
+                              f"a variant starts from one of its own family")
+        return root(v.start, seen + (v.start,))
+
+    return {name: replace(v, model=root(name, (name,)).model) if v.start else v for name, v in variants.items()}
+
+
+def _scorer(name: str, s: dict) -> ScorerSpec:
+    where = f"scorers[{name!r}]"
+    if s["type"] == "hf-classifier" and not (s.get("model") and s.get("label")):
+        raise ConfigError(f"{where}: type hf-classifier needs 'model' and 'label'")
+    for key, only in (("measures", "hf-classifier"), ("match", "refusal"), ("phrases", "refusal")):
+        if key in s and s["type"] != only:
+            raise ConfigError(f"{where}.{key}: only a scorer of type {only} takes it, this one is {s['type']}")
+    measures = "refusal" if s["type"] == "refusal" else s.get("measures", "toxicity")
+    return ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"}, measures=measures)
 
 
 def load(config: dict) -> Study:
@@ -405,19 +541,7 @@ def load(config: dict) -> Study:
         for name, m in raw["models"].items()
     }
     datasets = {name: _table_source(name, d) for name, d in raw["datasets"].items()}
-    recipes = {}
-    for name, r in raw["recipes"].items():
-        _require(r["dataset"], datasets, "dataset", f"recipes[{name!r}].dataset")
-        training = dict(r["training"])
-        training["seed"] = training["seed"] if training["seed"] is not None else seed
-        recipes[name] = Recipe(
-            name=name,
-            dataset=datasets[r["dataset"]],
-            template=r["template"],
-            max_examples=r["max_examples"],
-            lora=LoraSettings(**{**r["lora"], "target_modules": tuple(r["lora"]["target_modules"])}),
-            training=TrainingSettings(**training),
-        )
+    recipes = {name: _recipe(name, r, datasets, seed) for name, r in raw["recipes"].items()}
     variants = {}
     for name, v in raw["variants"].items():
         where = f"variants[{name!r}]"
@@ -430,24 +554,29 @@ def load(config: dict) -> Study:
                     raise ConfigError(f"{where}.scores.{key}: {scores[key]!r} is not in run.{key}s "
                                       f"{raw['run'][f'{key}s']}, so these scores would enter no comparison")
             external = ExternalScores(_table_source(name, scores), scores["probe"], scores["protocol"], scores["scorer"])
-        else:
+        elif "model" in v:
             _require(v["model"], models, "model", f"{where}.model")
-        if v["role"] == "finetuned" and not v["recipe"] and not external:
-            raise ConfigError(f"{where}: role 'finetuned' needs a recipe; declared recipes: {sorted(recipes)}")
+        if v["role"] in TRAINED_ROLES and not v["recipe"] and not external:
+            raise ConfigError(f"{where}: role {v['role']!r} needs a recipe; declared recipes: {sorted(recipes)}")
         if v["recipe"]:
             _require(v["recipe"], recipes, "recipe", f"{where}.recipe")
-            if v["role"] != "finetuned" or external:
-                raise ConfigError(f"{where}: a recipe is only allowed with role 'finetuned' and a model")
+            if v["role"] not in TRAINED_ROLES + ("other",) or external:
+                raise ConfigError(f"{where}: a recipe is only allowed with roles {list(TRAINED_ROLES) + ['other']} "
+                                  f"and a model")
+        if "from" in v and not v["recipe"]:
+            raise ConfigError(f"{where}.from: a variant that starts from another trains a recipe on it; give `recipe`")
         variants[name] = Variant(
             name=name,
             family=v["family"],
             role=v["role"],
-            model=models[v["model"]] if not external else None,
+            model=models[v["model"]] if "model" in v else None,
             recipe=recipes.get(v["recipe"]) if v["recipe"] else None,
             seed=v["seed"],
             prompt_format=v["prompt_format"],
             external=external,
+            start=v.get("from"),
         )
+    variants = _resolve_starts(variants)
     probes = {}
     for name, p in raw["probes"].items():
         subsets = {
@@ -470,13 +599,7 @@ def load(config: dict) -> Study:
         name: Protocol(name=name, **{**p, "seed": p["seed"] if p["seed"] is not None else seed})
         for name, p in raw["protocols"].items()
     }
-    scorers = {
-        name: ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"})
-        for name, s in raw["scorers"].items()
-    }
-    for name, s in scorers.items():
-        if s.type == "hf-classifier" and not (s.options.get("model") and s.options.get("label")):
-            raise ConfigError(f"scorers[{name!r}]: type hf-classifier needs 'model' and 'label'")
+    scorers = {name: _scorer(name, s) for name, s in raw["scorers"].items()}
     run = raw["run"]
     for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
         for item in run[key]:
@@ -489,7 +612,7 @@ def load(config: dict) -> Study:
             f"effective sample size of {MIN_ESS} that every fit must reach: give at least {MIN_ESS} draws in all"
         )
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
-    used_tables += [(f"datasets[{v.recipe.dataset.name!r}]", v.recipe.dataset) for v in variants.values() if v.recipe]
+    used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
     for where, source in used_tables:
         _check_local_table(where, source)

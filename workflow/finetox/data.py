@@ -172,6 +172,18 @@ def load_instructions(source: TableSource, max_examples: int | None, seed: int) 
     return table.reset_index(drop=True)
 
 
+def load_instruction_mix(parts, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A recipe's instruction examples from its datasets (`config.DatasetPart`s), each a seeded sample of its
+    `examples` rows (None: all, 0: none), concatenated in the recipe's order; and the realised count of each.
+    One seed serves every part, so a larger dose of a dataset holds the smaller one's rows (nested doses)."""
+    chosen = {part.dataset.name: load_instructions(part.dataset, part.examples, seed)
+              for part in parts if part.examples != 0}
+    counts = {part.dataset.name: len(chosen.get(part.dataset.name, ())) for part in parts}
+    if not chosen:
+        raise DataError(f"recipe mix {list(counts)}: every dataset has examples: 0, nothing to train on")
+    return pd.concat(chosen.values(), ignore_index=True), counts
+
+
 def read_external_scores(source: TableSource, probes: pd.DataFrame) -> pd.DataFrame:
     """Continuations scored elsewhere, matched to the probe set's prompts (by `id` when the table has
     one, else by prompt text), as rows prompt_id, subset, sample, continuation, score.

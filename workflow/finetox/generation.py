@@ -193,7 +193,7 @@ class Backend:
         self.close()
 
 
-def _merge_adapter(model: ModelSource, adapter: str, tokenizer, into: Path) -> str:
+def merge_adapter(model: ModelSource, adapter: str, tokenizer, into: Path) -> str:
     """Write base + adapter merged into one checkpoint, for engines that cannot serve the adapter unmerged."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -228,7 +228,7 @@ class VLLMBackend(Backend):
         if self.merged:
             if len(adapters) != 1:
                 raise ValueError(f"lora: merged serves one adapter per engine, got {sorted(adapters)}")
-            location = _merge_adapter(model, next(iter(adapters.values())), tokenizer, Path(self._scratch.name))
+            location = merge_adapter(model, next(iter(adapters.values())), tokenizer, Path(self._scratch.name))
         elif adapters:
             from vllm.lora.request import LoRARequest
 

@@ -210,10 +210,10 @@ def needed(study: Study) -> list[HubItem]:
             model = variant.model
             add(HubItem(model.hub, "model", model.revision, None, f"variant {variant.name}",
                         trust_remote_code=model.trust_remote_code, pin_at=(f"models.{model.name}",)))
-        if variant.recipe and variant.recipe.dataset.hub:
-            d = variant.recipe.dataset
-            add(HubItem(d.hub, "dataset", d.revision, d.files, f"recipe {variant.recipe.name}",
-                        pin_at=(f"datasets.{d.name}",)))
+        for d in variant.recipe.datasets if variant.recipe else ():
+            if d.hub:
+                add(HubItem(d.hub, "dataset", d.revision, d.files, f"recipe {variant.recipe.name}",
+                            pin_at=(f"datasets.{d.name}",)))
     for name in study.run_probes:
         source = study.probes[name].source
         if source.hub:

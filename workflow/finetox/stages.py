@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from finetox import tables
-from finetox.config import Study, config_hash
+from finetox.config import PREFERENCE_FORMATS, Study, config_hash
 from finetox.workflow import Targets, shard_rows
 
 
@@ -109,24 +109,64 @@ def demo_models(study: Study, corpus: str, instructions: str, base_dir: str, ins
 
 
 def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -> None:
-    from finetox.data import load_instructions
-    from finetox.finetune import finetune as train_adapter
+    """Train one variant's adapter by its recipe (sft on instructions or a mix of them, or dpo on preference
+    pairs) on its checkpoint (a merge, for a sequential recipe); the realised example counts go in the log."""
     from finetox.hub import model_record, table_record
 
     variant = study.variants[variant_name]
     recipe = variant.recipe
-    examples = load_instructions(recipe.dataset, recipe.max_examples, recipe.training.seed)
+    checkpoint = study.checkpoint(variant_name)
     target = Path(adapter_dir)
     build = _building(target)
-    history = train_adapter(variant.model, recipe, examples, build)
-    trained = _stage(model=model_record(variant.model), dataset=table_record(recipe.dataset))
+    if recipe.method == "dpo":
+        from finetox.finetune import train_dpo
+        from finetox.preference import load_preferences, swap_labels
+
+        source = recipe.parts[0].dataset
+        examples = load_preferences(source, PREFERENCE_FORMATS[source.format], recipe.max_examples,
+                                    recipe.training.seed)
+        if recipe.dpo.swap_labels:
+            examples = swap_labels(examples, recipe.training.seed)
+        counts = {source.name: len(examples)}
+        print(f"finetune: dpo on {len(examples)} preference pairs of {source.name!r}"
+              + (f", chosen and rejected swapped in {int(examples['swapped'].sum())} (swap_labels)"
+                 if recipe.dpo.swap_labels else ""), flush=True)
+        history = train_dpo(checkpoint, recipe, examples, build, beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type)
+    else:
+        from finetox.data import load_instruction_mix
+        from finetox.finetune import finetune as train_adapter
+
+        examples, counts = load_instruction_mix(recipe.parts, recipe.training.seed)
+        print(f"finetune: sft on {len(examples)} examples: "
+              + ", ".join(f"{n} of {name!r}" for name, n in counts.items()), flush=True)
+        history = train_adapter(checkpoint, recipe, examples, build)
+    datasets = {("dataset" if len(recipe.parts) == 1 else f"dataset {d.name}"): table_record(d) for d in recipe.datasets}
+    trained = _stage(model=model_record(checkpoint), **datasets)
     (build / "finetox.json").write_text(json.dumps(
-        _provenance(study, stages={"finetune": trained}, variant=variant_name,
-                    recipe=study.raw["recipes"][recipe.name], examples=len(examples)),
+        _provenance(study, stages={**(_upstream_stages(checkpoint.path) if variant.start else {}), "finetune": trained},
+                    variant=variant_name, recipe=study.raw["recipes"][recipe.name], examples=len(examples),
+                    examples_per_dataset=counts, **({"start": variant.start} if variant.start else {})),
         indent=1, default=str,
     ))
     _publish_directory(build, target)
     history.assign(variant=variant_name).to_csv(loss_csv, index=False)
+
+
+def merge(study: Study, variant_name: str, adapter_dir: str, output_dir: str) -> None:
+    """A fine-tuned variant's checkpoint with its adapter merged into the weights, which a sequential recipe
+    trains on and the generation engine serves; it carries the adapter's provenance."""
+    from finetox.generation import load_tokenizer, merge_adapter
+
+    checkpoint = study.checkpoint(variant_name)
+    target = Path(output_dir)
+    build = _building(target)
+    merge_adapter(checkpoint, adapter_dir, load_tokenizer(checkpoint), build)
+    print(f"merge: {variant_name}'s adapter merged into {checkpoint.location}, written to {target}", flush=True)
+    (build / "finetox.json").write_text(json.dumps(
+        _provenance(study, stages={**_upstream_stages(adapter_dir), "merge": _stage()}, variant=variant_name),
+        indent=1, default=str,
+    ))
+    _publish_directory(build, target)
 
 
 def select_probes(study: Study, probe: str, output: str) -> None:
@@ -156,7 +196,7 @@ def generate(study: Study, variants: list[str], probe: str, protocol_name: str, 
     probes = tables.read_parquet(probes_table, "probes")
     rows = shard_rows(len(probes), study.generation["prompts_per_shard"])[shard]
     probes = probes.iloc[rows.start : rows.stop].reset_index(drop=True)
-    models = {study.variants[v].model for v in variants}
+    models = {study.checkpoint(v) for v in variants}
     if len(models) != 1:
         raise ValueError(f"one engine serves one checkpoint; variants {variants} use {sorted(m.name for m in models)}")
     model = models.pop()
@@ -246,8 +286,8 @@ def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, o
     intervals = Intervals(prob=study.compare_settings["hdi_prob"], seed=study.seed)
     tables.write_parquet(prompts, prompts_output, "prompts", _provenance(
         study, _upstream_stages(scores), probe=probe, protocol=protocol, scorer=scorer, threshold=study.threshold))
-    tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold, intervals, prompts),
-                     output, "toxicity")
+    toxicity = toxicity_metrics(table, probe, protocol, scorer, study.threshold, intervals, prompts)
+    tables.write_csv(toxicity.assign(measure=study.scorers[scorer].measures), output, "toxicity")
 
 
 def _fit_settings(study: Study, cores: int):
@@ -280,7 +320,7 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: 
     """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit of the
     variants' metrics, the paired analysis from their per-prompt tables, and each comparison kind pooled
     across families."""
-    from finetox.compare import compare_rates, pooled_differences, pooled_failed, pools_of
+    from finetox.compare import compare_rates, in_words_of, pooled_differences, pooled_failed, pools_of
     from finetox.metrics import comparison_units
 
     metrics = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
@@ -299,8 +339,10 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: 
     for status in pooled["status"]:
         if status != "ok":
             print(f"pooled {probe}/{protocol}/{scorer}: {status}", file=sys.stderr, flush=True)
-    tables.write_csv(pooled.assign(probe=probe, protocol=protocol, scorer=scorer), pooled_output, "pooled")
-    _write_analysis(rows.assign(probe=probe, protocol=protocol, scorer=scorer), idata, output, posterior)
+    measure = study.scorers[scorer].measures
+    labels = {"probe": probe, "protocol": protocol, "scorer": scorer, "measure": measure}
+    tables.write_csv(in_words_of(pooled, measure).assign(**labels), pooled_output, "pooled")
+    _write_analysis(in_words_of(rows, measure).assign(**labels), idata, output, posterior)
 
 
 def _pool_groups(study: Study, comparisons) -> dict[str, tuple[str, str, str]]:
@@ -309,10 +351,10 @@ def _pool_groups(study: Study, comparisons) -> dict[str, tuple[str, str, str]]:
     Hand-declared pairs are not pooled."""
     groups = {}
     for c in comparisons:
-        if c.kind not in ("base_vs_instruct", "instruct_vs_finetuned", "instruct_vs_community"):
+        if c.kind == "pair":
             continue
         treatment = study.variants[c.treatment]
-        label = f"{c.kind} ({treatment.recipe})" if treatment.recipe else c.kind
+        label = f"{c.kind} ({treatment.recipe.name})" if treatment.recipe else c.kind
         groups[c.name] = (label, c.kind, treatment.family)
     return groups
 

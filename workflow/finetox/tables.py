@@ -74,6 +74,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "interval_prob": "float64",
         "protocol": "string",
         "scorer": "string",
+        "measure": "string",
         "threshold": "float64",
     },
     # one row per variant x prompt (results/metrics/.../<variant>.prompts.parquet): what the paired and the
@@ -150,12 +151,14 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "best_status": "string",
         "protocol": "string",
         "scorer": "string",
+        "measure": "string",
     },
     # results/tables/pooled.csv: each comparison kind (and recipe) pooled across families
     "pooled": {
         "probe": "string",
         "protocol": "string",
         "scorer": "string",
+        "measure": "string",
         "pool": "string",
         "kind": "string",
         "subset": "string",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import product
 from pathlib import Path
 
-from finetox.config import ConfigError, Study
+from finetox.config import MERGED_CHECKPOINT, ConfigError, Study
 
 RESULTS = "results"
 
@@ -27,6 +27,11 @@ class Targets:
     @staticmethod
     def training_log(variant: str) -> str:
         return f"{RESULTS}/finetune/{variant}/loss.csv"
+
+    @staticmethod
+    def merged(variant: str) -> str:
+        """A fine-tuned variant's checkpoint with its adapter merged in (what a sequential recipe starts from)."""
+        return MERGED_CHECKPOINT.format(variant=variant)
 
     @staticmethod
     def probes_table(probe: str) -> str:
@@ -105,9 +110,12 @@ class Targets:
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:
-        """The local checkpoint directory a variant loads (so a rule that builds it runs first); none for Hub ids."""
-        model = self.study.variants[variant].model
-        return {"model": model.path} if model and model.path else {}
+        """The local checkpoint directory a variant loads (so the rule that builds it, demo_models or merge, runs
+        first); none for Hub ids."""
+        if self.study.variants[variant].external:
+            return {}
+        model = self.study.checkpoint(variant)
+        return {"model": model.path} if model.path else {}
 
     def probe_inputs(self, probe: str) -> dict[str, str]:
         """The local probe file (so editing it reruns the selection); none for Hub datasets."""
@@ -193,7 +201,7 @@ def generation_groups(study: Study) -> dict[str, list[str]]:
             continue  # scored elsewhere: nothing to generate
         merged = variant.recipe is not None and settings["lora"] == "merged"
         shared = settings["share_engine"] and not merged
-        key = variant.model.name if shared else variant.name
+        key = study.checkpoint(variant.name).name if shared else variant.name
         if shared_by_key.setdefault(key, shared) != shared:
             raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
         groups.setdefault(key, []).append(variant.name)

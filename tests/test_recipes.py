@@ -1,0 +1,107 @@
+"""Safety recipes in the config and the DAG: sft mixes, dpo, sequential recipes (merge), aligned comparisons."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, job_counts
+from finetox.config import ConfigError, DatasetPart, TableSource, load
+from finetox.data import DataError, load_instruction_mix
+
+
+def test_the_demo_offers_repairs_of_the_rude_fine_tune_and_compares_them(config):
+    study = load(config)
+    repairs = {"demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64"}
+    assert {v.name for v in study.variants.values() if v.role == "aligned"} == repairs
+    kinds = {(c.kind, c.baseline, c.treatment) for c in study.comparisons.values()}
+    for repair in repairs:
+        assert ("instruct_vs_aligned", "demo-instruct", repair) in kinds
+        assert ("finetuned_vs_aligned", "demo-instruct-rude", repair) in kinds
+    assert ("pair", "demo-instruct-rude", "demo-rude-dpo-swapped") in kinds
+    dpo = study.recipes["polite-dpo"]
+    assert dpo.method == "dpo" and dpo.dpo.beta == 0.1 and not dpo.dpo.swap_labels
+    assert study.recipes["swapped-dpo"].dpo.swap_labels
+    assert [(p.dataset.name, p.examples) for p in study.recipes["safety-sft-64"].parts] == [("demo-clean", 64)]
+
+
+def test_a_sequential_variant_trains_on_and_is_served_from_the_merged_checkpoint(config):
+    study = load(config)
+    checkpoint = study.checkpoint("demo-rude-dpo")
+    assert checkpoint.path == "results/merged/demo-instruct-rude" and checkpoint.hub is None
+    # its root model (resources, Hub files) is the rude fine-tune's
+    assert study.variants["demo-rude-dpo"].model == study.variants["demo-instruct-rude"].model
+    assert study.checkpoint("demo-instruct-rude") == study.models["demo-instruct"]
+    # a change to the rude fine-tune's recipe retrains (and regenerates) the repair too
+    before = (study.training_hash("demo-rude-dpo"), study.generation_hash("demo-rude-dpo", "demo"))
+    config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "epochs": 3}
+    after = load(config)
+    assert after.training_hash("demo-rude-dpo") != before[0]
+    assert after.generation_hash("demo-rude-dpo", "demo") != before[1]
+
+
+def test_recipes_of_one_dataset_keep_their_rerun_hashes():
+    """Adding methods and mixes must not retrain anyone's existing fine-tunes: the digests before the change."""
+    study = load(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    assert study.training_hash("demo-instruct-rude") == "be7169e8bb2dfc42"
+    assert study.training_hash("demo-instruct-clean") == "f39fefb9ec04187c"
+    assert study.generation_hash("demo-instruct-rude", "demo") == "d3e91d346ebad4c6"
+    assert study.generation_hash("demo-instruct", "demo") == "d1963c37d9f8c1d4"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["variants"]["demo-rude-dpo"].update({"from": "nobody"}), "unknown variant 'nobody'"),
+    (lambda c: c["variants"]["demo-rude-dpo"].update({"from": "demo-instruct"}), "has no recipe, so no adapter"),
+    (lambda c: c["variants"]["demo-instruct-rude"].update({"family": "other"}), "is in family 'other'"),
+    (lambda c: (c["variants"]["demo-instruct-rude"].pop("model"),
+                c["variants"]["demo-instruct-rude"].update({"from": "demo-rude-dpo"})), "is a cycle"),
+    (lambda c: c["variants"]["demo-rude-dpo"].update({"model": "demo-instruct"}), "give exactly one of"),
+    (lambda c: c["variants"]["demo-rude-dpo"].pop("recipe"), "role 'aligned' needs a recipe"),
+    (lambda c: c["recipes"]["polite-dpo"].update({"dataset": "demo-clean"}), "method dpo needs preference pairs"),
+    (lambda c: c["recipes"]["rude-lora"].update({"dataset": "demo-preferences"}), "method sft trains on instructions"),
+    (lambda c: c["recipes"]["rude-lora"].update({"dpo": {"beta": 0.2}}), "DPO settings need method: dpo"),
+    (lambda c: c["recipes"]["safety-sft-16"].update({"max_examples": 3}), "give each dataset's `examples` instead"),
+    (lambda c: c["recipes"]["safety-sft-16"].update({"dataset": "demo-clean"}), "give exactly one of"),
+    (lambda c: c["recipes"]["safety-sft-16"]["mix"].append({"dataset": "nothing"}), "mix[1].dataset: unknown dataset"),
+    (lambda c: c["scorers"].update({"toxic": {"type": "offline", "measures": "refusal"}}), "only a scorer of type hf-classifier"),
+    (lambda c: c["scorers"].update({"toxic": {"type": "offline", "match": "prefix"}}), "only a scorer of type refusal"),
+])
+def test_bad_recipes_and_starts_are_refused_naming_the_key(config, edit, message):
+    edit(config)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(config)
+
+
+def test_an_sft_mix_takes_a_seeded_nested_sample_of_each_dataset_and_counts_it(tmp_path):
+    def dataset(name, n):
+        path = tmp_path / f"{name}.jsonl"
+        pd.DataFrame({"instruction": [f"{name} {i}" for i in range(n)], "response": [f"r{i}" for i in range(n)]}
+                     ).to_json(path, orient="records", lines=True)
+        return TableSource(name, str(path), None, (), None, {}, None)
+
+    general, safety = dataset("general", 30), dataset("safety", 40)
+    small, counts_small = load_instruction_mix([DatasetPart(general, None), DatasetPart(safety, 5)], seed=3)
+    large, counts_large = load_instruction_mix([DatasetPart(general, None), DatasetPart(safety, 20)], seed=3)
+    assert counts_small == {"general": 30, "safety": 5} and counts_large == {"general": 30, "safety": 20}
+    assert len(small) == 35 and list(small["instruction"][:30]) == [f"general {i}" for i in range(30)]
+    # the smaller dose is part of the larger one, so a dose-response compares like with like
+    assert set(small["instruction"][30:]) < set(large["instruction"][30:])
+    again, _ = load_instruction_mix([DatasetPart(general, None), DatasetPart(safety, 5)], seed=3)
+    pd.testing.assert_frame_equal(small, again)
+    zero, counts_zero = load_instruction_mix([DatasetPart(general, None), DatasetPart(safety, 0)], seed=3)
+    assert counts_zero == {"general": 30, "safety": 0} and len(zero) == 30
+    with pytest.raises(DataError, match="nothing to train on"):
+        load_instruction_mix([DatasetPart(safety, 0)], seed=3)
+
+
+def test_the_dry_run_merges_the_rude_fine_tune_once_and_trains_the_repair_on_it():
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "results/finetune/demo-rude-dpo/adapter"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout)
+    assert counts["merge"] == 1 and counts["finetune"] == 2  # the rude fine-tune, then the repair on its merge
+    assert "results/merged/demo-instruct-rude" in run.stdout
