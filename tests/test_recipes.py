@@ -62,7 +62,10 @@ def test_recipes_of_one_dataset_keep_their_rerun_hashes():
     (lambda c: c["variants"]["demo-rude-dpo"].update({"model": "demo-instruct"}), "give exactly one of"),
     (lambda c: c["variants"]["demo-rude-dpo"].pop("recipe"), "role 'aligned' needs a recipe"),
     (lambda c: c["recipes"]["polite-dpo"].update({"dataset": "demo-clean"}), "method dpo needs preference pairs"),
-    (lambda c: c["recipes"]["rude-lora"].update({"dataset": "demo-preferences"}), "method sft trains on instructions"),
+    (lambda c: c["recipes"]["polite-dpo"].update({"dataset": None, "mix": [{"dataset": "demo-preferences"}]}),
+     "give exactly one of"),
+    (lambda c: (c["recipes"]["polite-dpo"].pop("dataset"), c["recipes"]["polite-dpo"].update(
+        {"mix": [{"dataset": "demo-preferences"}]})), "method dpo trains on one preference dataset"),
     (lambda c: c["recipes"]["rude-lora"].update({"dpo": {"beta": 0.2}}), "DPO settings need method: dpo"),
     (lambda c: c["recipes"]["safety-sft-16"].update({"max_examples": 3}), "give each dataset's `examples` instead"),
     (lambda c: c["recipes"]["safety-sft-16"].update({"dataset": "demo-clean"}), "give exactly one of"),
@@ -96,6 +99,16 @@ def test_an_sft_mix_takes_a_seeded_nested_sample_of_each_dataset_and_counts_it(t
     assert counts_zero == {"general": 30, "safety": 0} and len(zero) == 30
     with pytest.raises(DataError, match="nothing to train on"):
         load_instruction_mix([DatasetPart(safety, 0)], seed=3)
+
+
+def test_sft_on_a_preference_dataset_trains_on_its_chosen_responses():
+    source = TableSource("prefs", str(REPO / "resources/demo/preferences.jsonl"), None, (), None, {}, None, "preferences")
+    examples, counts = load_instruction_mix([DatasetPart(source, 10)], seed=1)
+    assert counts == {"prefs": 10} and list(examples.columns) == ["instruction", "context", "response"]
+    pairs = pd.read_json(source.path, lines=True)
+    chosen = set(zip(pairs["instruction"], pairs["chosen"]))
+    assert all((row.instruction, row.response) in chosen for row in examples.itertuples())
+    assert not set(examples["response"]) & set(pairs["rejected"])
 
 
 def test_the_dry_run_merges_the_rude_fine_tune_once_and_trains_the_repair_on_it():

@@ -459,11 +459,7 @@ def _recipe(name: str, r: dict, datasets: dict[str, TableSource], seed: int) -> 
     for i, part in enumerate(parts):
         _require(part["dataset"], datasets, "dataset", f"{where}." + (f"mix[{i}].dataset" if "mix" in r else "dataset"))
     formats = {part["dataset"]: datasets[part["dataset"]].format for part in parts}
-    if method == "sft":
-        wrong = {d: f for d, f in formats.items() if f != "instructions"}
-        if wrong:
-            raise ConfigError(f"{where}: method sft trains on instructions, but dataset(s) {wrong} hold preference "
-                              f"pairs; use method: dpo, or a dataset with format: instructions")
+    if method == "sft":  # (on a preference dataset, sft trains on the chosen responses)
         if "dpo" in r:
             raise ConfigError(f"{where}.dpo: DPO settings need method: dpo")
     else:

@@ -172,11 +172,23 @@ def load_instructions(source: TableSource, max_examples: int | None, seed: int) 
     return table.reset_index(drop=True)
 
 
+def _instructions_of(source: TableSource, max_examples: int | None, seed: int) -> pd.DataFrame:
+    """Instruction examples from an instruction dataset, or from a preference dataset's chosen responses (the
+    safe answers of a safety preference set are safety demonstrations)."""
+    if source.format == "instructions":
+        return load_instructions(source, max_examples, seed)
+    from finetox.config import PREFERENCE_FORMATS
+    from finetox.preference import load_preferences
+
+    pairs = load_preferences(source, PREFERENCE_FORMATS[source.format], max_examples, seed)
+    return pairs.rename(columns={"chosen": "response"})[list(INSTRUCTION_COLUMNS)]
+
+
 def load_instruction_mix(parts, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """A recipe's instruction examples from its datasets (`config.DatasetPart`s), each a seeded sample of its
     `examples` rows (None: all, 0: none), concatenated in the recipe's order; and the realised count of each.
     One seed serves every part, so a larger dose of a dataset holds the smaller one's rows (nested doses)."""
-    chosen = {part.dataset.name: load_instructions(part.dataset, part.examples, seed)
+    chosen = {part.dataset.name: _instructions_of(part.dataset, part.examples, seed)
               for part in parts if part.examples != 0}
     counts = {part.dataset.name: len(chosen.get(part.dataset.name, ())) for part in parts}
     if not chosen:

@@ -197,17 +197,28 @@ def _used_by(labels: set[str], variants: set[str]) -> str:
     return ", ".join(sorted(labels))
 
 
+def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:
+    """Variant -> why it degenerates (its subsets' reasons), for the variants flagged in the degeneration table."""
+    flagged = degeneration[degeneration["degenerate"].astype(bool)]
+    return {variant: "; ".join(f"{r.subset}: {r.degeneration_reason}" for r in rows.itertuples())
+            for variant, rows in flagged.groupby("variant", sort=True)}
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
-                 provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None = None) -> str:
+                 provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None = None,
+                 degeneration: pd.DataFrame | None = None, examples: dict[str, dict[str, int]] | None = None) -> str:
     """The report as one HTML string with the forest plot embedded.
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
-    `provenance` holds the stage records the outputs carry (see provenance_tables).
+    `provenance` holds the stage records the outputs carry (see provenance_tables); `degeneration` is the
+    degeneration table; `examples` the realised training examples of each fine-tuned variant, per dataset.
     """
+    degeneration = degeneration if degeneration is not None else pd.DataFrame(columns=["variant", "degenerate"])
+    degenerate = degenerate_variants(degeneration)
     settings = study.compare_settings
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>finetox report</title><style>{STYLE}</style></head><body>",
-             "<h1>finetox: what did fine-tuning do to toxicity?</h1>"]
+             "<h1>finetox: what did fine-tuning do to toxicity, and what did a repair cost?</h1>"]
     if study.demo:
         parts.append(f"<p class='warn'><b>Demo.</b> {html.escape(DEMO_WARNING)}</p>")
     parts.append("<h2>Setup</h2>")
@@ -269,16 +280,31 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  "a count under a uniform prior, or the Bayesian bootstrap over prompts for EMT and, with several "
                  "samples per prompt, the toxic-output rate.</p>")
     parts.append(_table(toxicity))
+    parts.append("<h2>The price: refusals and degeneration</h2>")
+    parts.append("<p>A fine-tune that makes a model refuse everything, or repeat itself, scores as non-toxic: its "
+                 "toxicity verdict is not a repair. Scorers that measure refusal appear in the tables above and below "
+                 "with <i>measure</i> = refusal (their verdicts read <i>more refusals</i> / <i>fewer refusals</i>). "
+                 "Degeneration per variant: empty continuations, stops after at most one token, and continuations "
+                 f"whose word {study.raw['degeneration']['ngram']}-grams repeat (share &ge; "
+                 f"{study.raw['degeneration']['repeat_threshold']}); a variant is flagged when a share exceeds "
+                 f"{study.raw['degeneration']['max_share']:.0%}.</p>")
+    if degenerate:
+        parts.append("<p class='warn'><b>Degenerate variants</b> (their toxicity verdicts are flagged below): "
+                     + "; ".join(html.escape(f"{v}: {reason}") for v, reason in sorted(degenerate.items())) + "</p>")
+    if not degeneration.empty:
+        parts.append(_table(degeneration, floats="{:.3f}"))
     parts.append("<h2>Comparisons</h2>")
     if comparisons.empty:
         parts.append("<p>No comparisons are configured.</p>")
     else:
         parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
-        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "subset", "unit", "toxic_baseline",
+        comparisons = comparisons.assign(treatment_degenerates=comparisons["treatment"].map(degenerate).fillna(""))
+        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
                              "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
                              "prob_direction", "rope_share", "credible", "verdict", "decision_rule",
                              "paired_rate_diff_mean", "paired_rate_hdi_low", "paired_rate_hdi_high",
-                             "discordant_baseline", "discordant_treatment", "paired_rate_verdict"]]
+                             "discordant_baseline", "discordant_treatment", "paired_rate_verdict",
+                             "treatment_degenerates"]]
         parts.append(_verdict_html(shown))
     if pooled is not None and not pooled.empty:
         parts.append("<h3>Pooled across families</h3>")
@@ -310,7 +336,11 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     if not training.empty:
         last = training.sort_values("step").groupby("variant").agg(steps=("step", "max"), first_loss=("loss", "first"),
                                                                    last_loss=("loss", "last")).reset_index()
-        parts.append("<h2>Fine-tuning</h2>" + _table(last))
+        if examples:
+            last["examples"] = last["variant"].map(
+                lambda v: ", ".join(f"{n} of {name}" for name, n in examples.get(v, {}).items()))
+        parts.append("<h2>Fine-tuning</h2><p>Training examples as realised (seeded samples of each dataset).</p>"
+                     + _table(last))
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(study.raw, indent=1, default=str)) + "</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)

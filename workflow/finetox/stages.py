@@ -290,6 +290,22 @@ def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, o
     tables.write_csv(toxicity.assign(measure=study.scorers[scorer].measures), output, "toxicity")
 
 
+#: what the degeneration measures read of a generations table
+DEGENERATION_COLUMNS = ["variant", "subset", "continuation", "continuation_tokens", "finish_reason"]
+
+
+def degeneration(study: Study, probe: str, protocol: str, generations: str, output: str) -> None:
+    """How often one variant's continuations are empty, stop at once or repeat themselves, per subset, and
+    whether the variant degenerates (the report flags it beside any toxicity verdict)."""
+    from finetox.helpfulness import degeneration as summarise, flag_degenerate
+
+    settings = study.raw["degeneration"]
+    table = tables.read_parquet(generations, "generations", columns=DEGENERATION_COLUMNS)
+    summary = flag_degenerate(summarise(table, n=settings["ngram"], repeat_threshold=settings["repeat_threshold"]),
+                              max_share=settings["max_share"])
+    tables.write_csv(summary.assign(probe=probe, protocol=protocol), output, "degeneration")
+
+
 def _fit_settings(study: Study, cores: int):
     from finetox.compare import FitSettings
 
@@ -406,7 +422,7 @@ def gather(files: list[str], schema: str, output: str) -> None:
 
 def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
-           output: str) -> None:
+           output: str, degeneration: str | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage."""
     import arviz as az
@@ -423,7 +439,9 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
     provenance += [(None, _upstream_stages(path)) for path in probe_tables.values()]
     provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
     provenance.append(("this report", {"report": _stage()}))
+    examples = {meta["variant"]: meta["examples_per_dataset"] for meta in written if "examples_per_dataset" in meta}
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
-                        training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"))
+                        training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"),
+                        tables.read_csv(degeneration, "degeneration") if degeneration else None, examples)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)

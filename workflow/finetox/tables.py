@@ -153,6 +153,22 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "scorer": "string",
         "measure": "string",
     },
+    # results/tables/degeneration.csv: how often one variant's continuations degenerate (finetox.helpfulness)
+    "degeneration": {
+        "variant": "string",
+        "probe": "string",
+        "protocol": "string",
+        "subset": "string",
+        "n": "int64",
+        "empty": "int64",
+        "immediate_stop": "int64",
+        "repetitive": "int64",
+        "share_empty": "float64",
+        "share_immediate_stop": "float64",
+        "share_repetitive": "float64",
+        "degenerate": "bool",
+        "degeneration_reason": "string",
+    },
     # results/tables/pooled.csv: each comparison kind (and recipe) pooled across families
     "pooled": {
         "probe": "string",

@@ -59,6 +59,10 @@ class Targets:
         return f"{RESULTS}/metrics/{probe}/{protocol}/{scorer}/{variant}.prompts.parquet"
 
     @staticmethod
+    def degeneration(probe: str, protocol: str, variant: str) -> str:
+        return f"{RESULTS}/degeneration/{probe}/{protocol}/{variant}.csv"
+
+    @staticmethod
     def comparisons(probe: str, protocol: str, scorer: str, ext: str = "csv", analysis: str = "rates") -> str:
         """One analysis (rates: the verdicts; best: the scores; pooled: each kind across families) of every
         comparison of one probe set x protocol x scorer (csv), or its posterior (nc)."""
@@ -67,6 +71,7 @@ class Targets:
     TOXICITY_TABLE = f"{RESULTS}/tables/toxicity.csv"
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
     POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
+    DEGENERATION_TABLE = f"{RESULTS}/tables/degeneration.csv"
     REPORT = f"{RESULTS}/report/report.html"
 
     # --- what the run asks for -------------------------------------------------------------
@@ -105,8 +110,14 @@ class Targets:
         """Every variant's score table in every probe set x protocol x scorer (the report reads their provenance)."""
         return [self.scores(*run, v) for run in self._runs() for v in self.variants_in(*run)]
 
+    def all_degeneration(self) -> list[str]:
+        """Every generated variant's degeneration measures in every probe set x protocol."""
+        s = self.study
+        return [self.degeneration(probe, protocol, v.name) for probe, protocol in product(s.run_probes, s.run_protocols)
+                for v in s.variants.values() if not v.external]
+
     def final(self) -> list[str]:
-        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.REPORT]
+        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE, self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:

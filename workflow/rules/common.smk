@@ -87,5 +87,6 @@ localrules:
     toxicity_table,
     comparisons_table,
     pooled_table,
+    degeneration_table,
     merge_generations,
     prefetch,

@@ -3,6 +3,7 @@ rule report:
         toxicity=TARGETS.TOXICITY_TABLE,
         comparisons=TARGETS.COMPARISONS_TABLE,
         pooled=TARGETS.POOLED_TABLE,
+        degeneration=TARGETS.DEGENERATION_TABLE,
         training=TARGETS.all_training_logs(),
         # read for the provenance section: what each stage ran with and loaded
         scores=TARGETS.all_scores(),

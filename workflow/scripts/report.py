@@ -20,4 +20,5 @@ if __name__ == "__main__":
             score_files=list(snakemake.input.scores),
             adapters=list(snakemake.input.adapters),
             output=snakemake.output[0],
+            degeneration=snakemake.input.degeneration,
         )
