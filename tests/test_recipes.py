@@ -118,3 +118,50 @@ def test_the_dry_run_merges_the_rude_fine_tune_once_and_trains_the_repair_on_it(
     counts = job_counts(run.stdout)
     assert counts["merge"] == 1 and counts["finetune"] == 2  # the rude fine-tune, then the repair on its merge
     assert "results/merged/demo-instruct-rude" in run.stdout
+
+
+def test_a_chat_protocol_may_put_a_system_turn_before_each_prompt(config):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from finetox.prompts import probe_text
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert probe_text("Hi", "chat", tokenizer, "Be safe.") == "<system>Be safe.<user>Hi<assistant>"
+    assert probe_text("Hi", "chat", tokenizer) == "<user>Hi<assistant>"
+    assert probe_text("Hi", "raw", tokenizer, "Be safe.") == "Hi"
+    config["protocols"]["demo"]["system_prompt"] = "Be safe."
+    with pytest.raises(ConfigError, match=r"protocols\['demo'\].system_prompt: a system turn needs prompt_format: chat"):
+        load(config)
+    config["protocols"]["demo"]["prompt_format"] = "chat"
+    study = load(config)
+    assert study.protocols["demo"].system_prompt == "Be safe."
+    before = load(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    assert study.generation_hash("demo-instruct", "demo") != before.generation_hash("demo-instruct", "demo")
+
+
+def test_the_study_with_its_repairs_dry_runs_offline_in_seconds(tmp_path):
+    """config/repairs.yaml added to config/study.yaml: every family's Dolly fine-tune is merged once and repaired
+    by DPO (and, for four families, safety SFT at two doses), all planned before any job and without a network."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "--configfile", str(REPO / "config/study.yaml"), str(REPO / "config/repairs.yaml")],
+                         capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    counts = job_counts(run.stdout)
+    assert counts["merge"] == 6 and counts["finetune"] == 6 + 14 and counts["probes"] == 3
+    from snakemake.utils import update_config  # how Snakemake merges several --configfile files
+
+    merged = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "config/repairs.yaml").read_text()))
+    study = load(merged)
+    repairs = [c for c in study.comparisons.values() if c.kind == "finetuned_vs_aligned"]
+    assert len(repairs) == 14 and all(study.variants[c.baseline].recipe.name.startswith("dolly") for c in repairs)
+    assert study.scorers["refusal"].measures == "refusal" and study.run_scorers[-1] == "refusal"

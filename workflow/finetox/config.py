@@ -212,6 +212,7 @@ class Protocol:
     max_new_tokens: int
     prompt_format: str
     seed: int
+    system_prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,32 @@ class Study:
     @property
     def compare_settings(self) -> dict:
         return self.raw["comparisons"]
+
+    @property
+    def capability(self) -> dict | None:
+        """The capability proxy's settings (config key `capability`: dataset, examples, template, batch_size), or
+        None when the stage does not run."""
+        return self.raw.get("capability")
+
+    @property
+    def capability_source(self) -> TableSource | None:
+        """The held-out instruction set whose reference answers the capability stage scores."""
+        if self.capability is None:
+            return None
+        name = self.capability["dataset"]
+        return _table_source(name, self.raw["datasets"][name])
+
+    def capability_hash(self, variant: str) -> str:
+        """A digest of what makes a variant's reference-answer NLL what it is: its checkpoint, its adapter's
+        training (fine-tuned variants), the capability settings and their dataset."""
+        v = self.variants[variant]
+        return config_hash({
+            "model": self._checkpoint_settings(variant),
+            "adapter": self._training_settings(variant) if v.recipe else None,
+            "capability": self.capability,
+            "dataset": self.raw["datasets"][self.capability["dataset"]],
+            "seed": self.seed,
+        })
 
     def resources(self, stage: str, model: str | None = None, attempt: int = 1) -> dict:
         """A stage's job request: the defaults, the config's `resources`, then the model's own. Memory
@@ -519,6 +546,23 @@ def _scorer(name: str, s: dict) -> ScorerSpec:
     return ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"}, measures=measures)
 
 
+def _check_capability(settings: dict, datasets: dict[str, TableSource], variants: dict[str, Variant]) -> None:
+    """The capability proxy's dataset: declared, an instruction set, and held out of every variant's training."""
+    _require(settings["dataset"], datasets, "dataset", "capability.dataset")
+    source = datasets[settings["dataset"]]
+    if source.format != "instructions":
+        raise ConfigError(f"capability.dataset: {source.name!r} has format {source.format!r}; the reference answers "
+                          f"are read from an instruction set (format instructions)")
+    for v in variants.values():
+        for trained in v.recipe.datasets if v.recipe else ():
+            same_file = bool(source.path and trained.path) and Path(source.path).resolve() == Path(trained.path).resolve()
+            if trained.name == source.name or same_file:
+                # a model scores answers it was trained on better: the proxy would reward memorising
+                raise ConfigError(f"capability.dataset: {source.name!r} is trained on by recipe {v.recipe.name!r} "
+                                  f"(variant {v.name!r}), so its rows are not held out; give a dataset that no "
+                                  f"recipe trains on")
+
+
 def load(config: dict) -> Study:
     """Validate a config dict (as Snakemake holds it) and build the Study it declares."""
     raw = validate(config)
@@ -586,6 +630,9 @@ def load(config: dict) -> Study:
             sample_per_subset=p.get("sample_per_subset"),
         )
     for name, p in raw["protocols"].items():
+        if "system_prompt" in p and p["prompt_format"] != "chat":
+            raise ConfigError(f"protocols[{name!r}].system_prompt: a system turn needs prompt_format: chat (a raw "
+                              f"prompt is continued as it is)")
         if p["temperature"] == 0 and p["samples"] > 1:
             raise ConfigError(
                 f"protocols[{name!r}]: temperature 0 is greedy decoding, which gives {p['samples']} identical "
@@ -610,6 +657,9 @@ def load(config: dict) -> Study:
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
     used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
+    if "capability" in raw:
+        _check_capability(raw["capability"], datasets, variants)
+        used_tables.append((f"datasets[{raw['capability']['dataset']!r}]", datasets[raw["capability"]["dataset"]]))
     for where, source in used_tables:
         _check_local_table(where, source)
     return Study(

@@ -53,9 +53,10 @@ def load_tokenizer(model: ModelSource):
                                          trust_remote_code=model.trust_remote_code)
 
 
-def encode_prompts(probes: pd.DataFrame, prompt_format: str, tokenizer) -> EncodedPrompts:
-    """Render the probe prompts (raw or as a chat turn) and tokenize them, once per job and format."""
-    texts = [probe_text(p, prompt_format, tokenizer) for p in probes["prompt"]]
+def encode_prompts(probes: pd.DataFrame, prompt_format: str, tokenizer, system_prompt: str | None = None) -> EncodedPrompts:
+    """Render the probe prompts (raw or as a chat turn, after the protocol's system turn if it has one) and
+    tokenize them, once per job and format."""
+    texts = [probe_text(p, prompt_format, tokenizer, system_prompt) for p in probes["prompt"]]
     # A raw prompt gets the tokenizer's special tokens (BOS); a chat template writes its own.
     token_ids = tokenizer(texts, add_special_tokens=prompt_format == "raw")["input_ids"]
     return EncodedPrompts(probes.reset_index(drop=True), prompt_format, texts, token_ids)

@@ -204,7 +204,8 @@ def generate(study: Study, variants: list[str], probe: str, protocol_name: str, 
     # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
     # does not fit fails now rather than after the engine's start.
     tokenizer = load_tokenizer(model)
-    encoded = {f: encode_prompts(probes, f, tokenizer) for f in dict.fromkeys(formats.values())}
+    encoded = {f: encode_prompts(probes, f, tokenizer, protocol.system_prompt if f == "chat" else None)
+               for f in dict.fromkeys(formats.values())}
     max_model_len = engine_max_model_len(model, list(encoded.values()), protocol.max_new_tokens)
     build = _building(Path(output_dir))
     build.mkdir(parents=True)
@@ -304,6 +305,62 @@ def degeneration(study: Study, probe: str, protocol: str, generations: str, outp
     summary = flag_degenerate(summarise(table, n=settings["ngram"], repeat_threshold=settings["repeat_threshold"]),
                               max_share=settings["max_share"])
     tables.write_csv(summary.assign(probe=probe, protocol=protocol), output, "degeneration")
+
+
+def capability(study: Study, variant_name: str, output: str, provenance_output: str | None = None,
+               adapter: str | None = None) -> None:
+    """One variant's negative log-likelihood of each held-out reference answer (the capability proxy): its
+    checkpoint, with its adapter (`adapter`, default Targets.adapter) when it has a recipe, scores the seeded
+    sample of the `capability` dataset; what it loaded goes to `provenance_output` (a CSV carries no metadata)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetox.data import load_instructions
+    from finetox.generation import load_tokenizer
+    from finetox.helpfulness import reference_nll
+    from finetox.hub import model_record, table_record
+
+    settings, source = study.capability, study.capability_source
+    if settings is None:
+        raise ValueError("the config has no `capability`: there is no reference set to score")
+    variant = study.variants[variant_name]
+    if variant.external:
+        raise ValueError(f"variant {variant_name!r} is scored elsewhere: there is no model to score answers with")
+    checkpoint = study.checkpoint(variant_name)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.location, revision=checkpoint.revision,
+                                                 trust_remote_code=checkpoint.trust_remote_code, dtype=checkpoint.dtype)
+    if variant.recipe:
+        from peft import PeftModel
+
+        adapter = adapter or Targets.adapter(variant_name)
+        model = PeftModel.from_pretrained(model, adapter)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    examples = load_instructions(source, settings["examples"], seed=study.seed)
+    print(f"capability: {variant_name} scores {len(examples)} reference answers of {source.name!r}", flush=True)
+    nll = reference_nll(model, load_tokenizer(checkpoint), examples, settings["template"], settings["batch_size"])
+    table = nll.assign(variant=variant_name, example=nll.index.astype(str))
+    tables.write_csv(table, output, "capability")
+    if provenance_output:
+        stages = {**(_upstream_stages(adapter) if variant.recipe else {}),
+                  "capability": _stage(model=model_record(checkpoint), dataset=table_record(source))}
+        with tables.atomic_path(provenance_output) as tmp:
+            tmp.write_text(json.dumps(_provenance(study, stages=stages, variant=variant_name, examples=len(examples),
+                                                  capability=settings), indent=1, default=str))
+
+
+def capability_table(study: Study, files: list[str], output: str, comparisons_output: str) -> None:
+    """results/tables/capability.csv (per variant: NLL per reference-answer token, with its interval) and
+    results/tables/capability_comparisons.csv (per comparison: the paired difference and its verdict)."""
+    from finetox.helpfulness import capability_comparisons, capability_summary
+
+    frames = [tables.read_csv(path, "capability") for path in files]
+    per_example = (pd.concat(frames, ignore_index=True) if frames
+                   else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["capability"].items()}))
+    prob = study.compare_settings["hdi_prob"]
+    tables.write_csv(capability_summary(per_example, prob, study.seed), output, "capability_summary")
+    tables.write_csv(capability_comparisons(per_example, study.comparisons.values(), prob, study.seed),
+                     comparisons_output, "capability_comparisons")
 
 
 def _fit_settings(study: Study, cores: int):
@@ -422,7 +479,8 @@ def gather(files: list[str], schema: str, output: str) -> None:
 
 def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
-           output: str, degeneration: str | None = None) -> None:
+           output: str, degeneration: str | None = None, capability: str | None = None,
+           capability_comparisons: str | None = None, capability_provenance: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage."""
     import arviz as az
@@ -438,10 +496,20 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
     provenance = [(meta.get("variant"), meta.get("stages", {})) for meta in written]
     provenance += [(None, _upstream_stages(path)) for path in probe_tables.values()]
     provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
+    for path in capability_provenance or []:
+        meta = json.loads(Path(path).read_text())
+        provenance.append((meta.get("variant"), meta.get("stages", {})))
     provenance.append(("this report", {"report": _stage()}))
     examples = {meta["variant"]: meta["examples_per_dataset"] for meta in written if "examples_per_dataset" in meta}
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
                         training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"),
-                        tables.read_csv(degeneration, "degeneration") if degeneration else None, examples)
+                        tables.read_csv(degeneration, "degeneration") if degeneration else None, examples,
+                        capability=_read_if_there(capability, "capability_summary"),
+                        capability_comparisons=_read_if_there(capability_comparisons, "capability_comparisons"))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)
+
+
+def _read_if_there(path: str | None, schema: str) -> pd.DataFrame | None:
+    """An optional table of the report (one whose stage the config may leave out)."""
+    return tables.read_csv(path, schema) if path and Path(path).exists() else None
