@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -111,9 +112,11 @@ def test_sft_on_a_preference_dataset_trains_on_its_chosen_responses():
     assert not set(examples["response"]) & set(pairs["rejected"])
 
 
-def test_the_dry_run_merges_the_rude_fine_tune_once_and_trains_the_repair_on_it():
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "results/finetune/demo-rude-dpo/adapter"],
-                         cwd=REPO, capture_output=True, text=True)
+def test_the_dry_run_merges_the_rude_fine_tune_once_and_trains_the_repair_on_it(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(REPO / "resources", tmp_path / "resources")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "results/finetune/demo-rude-dpo/adapter"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     counts = job_counts(run.stdout)
     assert counts["merge"] == 1 and counts["finetune"] == 2  # the rude fine-tune, then the repair on its merge
@@ -157,6 +160,7 @@ def test_the_study_with_its_repairs_dry_runs_offline_in_seconds(tmp_path):
     assert time.monotonic() - started < 60
     counts = job_counts(run.stdout)
     assert counts["merge"] == 6 and counts["finetune"] == 6 + 14 and counts["probes"] == 3
+    assert counts["capability"] == 34  # every generated variant, on held-out Alpaca answers
     from snakemake.utils import update_config  # how Snakemake merges several --configfile files
 
     merged = yaml.safe_load((REPO / "config/study.yaml").read_text())

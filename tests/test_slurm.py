@@ -17,7 +17,7 @@ from conftest import REPO
 
 GPU_RULES = {"finetune", "generate"}
 # scoring is minutes of CPU work: it does not wait in the GPU queue
-CPU_RULES = {"demo_models", "probes", "score", "metrics", "compare", "best", "report"}
+CPU_RULES = {"demo_models", "probes", "score", "metrics", "degeneration", "compare", "best", "report"}
 # The profile as a cluster user runs it, with this test cluster's overrides: no conda here, no
 # accounting database (so no account and squeue for status), and quick status polling.
 TEST_OVERRIDES = ["--sdm", "env-modules", "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -48,6 +48,7 @@ def small_demo(workdir):
                           if k in ("demo-base", "demo-instruct", "demo-instruct-rude")}
     config["recipes"] = {"rude-lora": config["recipes"]["rude-lora"]}
     config["datasets"] = {"demo-rude": config["datasets"]["demo-rude"]}
+    config.pop("capability", None)  # (its held-out dataset is dropped above)
     config["comparisons"]["pairs"] = []
     config["probes"]["demo"]["limit"] = 60
     config["resources"] = {stage: {"gpu": 1, "threads": 2} for stage in GPU_RULES}

@@ -9,7 +9,7 @@ import pandas as pd
 
 from finetox.metrics import POOLED
 from finetox.prompts import training_text
-from finetox.tables import SchemaError
+from finetox.tables import SCHEMAS, SchemaError
 
 #: the ways a continuation degenerates, each a boolean column of `degeneration_flags`
 DEGENERATIONS = ("empty", "immediate_stop", "repetitive")
@@ -199,3 +199,55 @@ def mean_token_nll(per_example: pd.DataFrame) -> float:
     """The mean NLL per response token over all examples (total NLL / total tokens), the exponent of perplexity;
     `per_example["nll_per_token"]` is the per-example mean for intervals over examples."""
     return float(per_example["nll"].sum() / per_example["tokens"].sum())
+
+
+# --- the capability proxy: reference-answer NLL per variant, and its paired comparisons ----------------------
+
+#: the capability comparisons' verdicts (a higher NLL of the reference answers is the worse model)
+WORSE, BETTER, SAME = "higher NLL (worse)", "lower NLL (better)", "no credible difference"
+
+
+def capability_summary(per_example: pd.DataFrame, prob: float, seed: int, replicates: int = 1000) -> pd.DataFrame:
+    """Per variant of a `capability` table: its examples, response tokens, `mean_nll_per_token` (mean_token_nll)
+    and that ratio's HDI by the Bayesian bootstrap over examples (seeded per variant: keyed_rng)."""
+    from finetox.metrics import keyed_rng, ratio_interval
+
+    rows = []
+    for variant, table in per_example.groupby("variant", sort=True):
+        nll, tokens = table["nll"].to_numpy(float), table["tokens"].to_numpy(float)
+        low, high = ratio_interval(nll, tokens, prob, keyed_rng(seed, "capability", variant), replicates)
+        rows.append({"variant": variant, "examples": len(table), "tokens": int(tokens.sum()),
+                     "mean_nll_per_token": mean_token_nll(table), "mean_nll_per_token_low": low,
+                     "mean_nll_per_token_high": high, "interval_prob": prob})
+    return pd.DataFrame(rows, columns=list(SCHEMAS["capability_summary"]))
+
+
+def capability_comparisons(per_example: pd.DataFrame, comparisons, prob: float, seed: int,
+                           replicates: int = 1000) -> pd.DataFrame:
+    """Per comparison whose two variants both have rows: the difference treatment - baseline of the NLL per
+    reference-answer token over the examples both scored, with its HDI from the Bayesian bootstrap over those
+    examples (one Dirichlet weight per example, shared by both variants: the pairing), `credible` by the study's
+    rule (the HDI excludes 0) and the verdict in NLL's words (WORSE, BETTER, SAME)."""
+    from finetox.compare import STUDY_RULE, credible
+    from finetox.metrics import bayesian_bootstrap, hdi_of_draws, keyed_rng
+
+    by_variant = {variant: table.set_index("example") for variant, table in per_example.groupby("variant")}
+    rows = []
+    for c in comparisons:
+        if c.baseline not in by_variant or c.treatment not in by_variant:
+            continue
+        paired = by_variant[c.baseline][["nll", "tokens"]].join(
+            by_variant[c.treatment][["nll", "tokens"]], how="inner", lsuffix="_baseline", rsuffix="_treatment")
+        if paired.empty:
+            continue
+        nll = paired[["nll_baseline", "nll_treatment"]].to_numpy(float)
+        tokens = paired[["tokens_baseline", "tokens_treatment"]].to_numpy(float)
+        ratios = nll.sum(axis=0) / tokens.sum(axis=0)
+        draws = bayesian_bootstrap(nll, tokens, keyed_rng(seed, "capability", c.name), replicates)
+        low, high = hdi_of_draws(draws[:, 1] - draws[:, 0], prob)
+        rows.append({"comparison": c.name, "kind": c.kind, "baseline": c.baseline, "treatment": c.treatment,
+                     "examples": len(paired), "nll_per_token_baseline": ratios[0], "nll_per_token_treatment": ratios[1],
+                     "diff": ratios[1] - ratios[0], "hdi_low": low, "hdi_high": high, "hdi_prob": prob,
+                     "credible": credible(low, high),
+                     "verdict": WORSE if low > 0 else BETTER if high < 0 else SAME, "decision_rule": STUDY_RULE})
+    return pd.DataFrame(rows, columns=list(SCHEMAS["capability_comparisons"]))

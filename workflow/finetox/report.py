@@ -94,6 +94,26 @@ def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
     return frame.to_html(index=False, formatters=formatters, na_rep="–", escape=True, border=0)
 
 
+def _capability_html(study: Study, summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> str:
+    """The capability proxy: each variant's NLL per token of held-out reference answers, and the comparisons'
+    paired differences (a fine-tune that stops answering well pays here, whatever its toxicity)."""
+    from finetox.helpfulness import BETTER, SAME, WORSE
+
+    settings = study.capability or {}
+    out = ("<h3>Capability: NLL of held-out reference answers</h3>"
+           f"<p>A proxy that needs no judge: the negative log-likelihood (nats) per token of the reference answers of "
+           f"{html.escape(str(settings.get('dataset', '?')))} ({settings.get('examples', '?')} examples, held out of "
+           "every recipe's training), lower is better; intervals are HDIs of the Bayesian bootstrap over examples. "
+           "The comparisons pair the same examples (treatment &minus; baseline).</p>")
+    out += _table(summary)
+    if comparisons is not None and not comparisons.empty:
+        shown = _table(comparisons)
+        for word, css in ((WORSE, "more"), (BETTER, "less"), (SAME, "none")):
+            shown = shown.replace(f"<td>{html.escape(word)}</td>", f'<td class="{css}">{html.escape(word)}</td>')
+        out += shown
+    return out
+
+
 def _verdict_html(frame: pd.DataFrame) -> str:
     out = _table(frame)
     for word, css in ((MORE, "more"), (LESS, "less"), (NONE, "none"), (UNDECIDED, "none")):
@@ -207,12 +227,14 @@ def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None = None,
-                 degeneration: pd.DataFrame | None = None, examples: dict[str, dict[str, int]] | None = None) -> str:
+                 degeneration: pd.DataFrame | None = None, examples: dict[str, dict[str, int]] | None = None,
+                 capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None) -> str:
     """The report as one HTML string with the forest plot embedded.
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
     `provenance` holds the stage records the outputs carry (see provenance_tables); `degeneration` is the
-    degeneration table; `examples` the realised training examples of each fine-tuned variant, per dataset.
+    degeneration table; `examples` the realised training examples of each fine-tuned variant, per dataset;
+    `capability` and `capability_comparisons` the capability proxy's tables (None when it is not configured).
     """
     degeneration = degeneration if degeneration is not None else pd.DataFrame(columns=["variant", "degenerate"])
     degenerate = degenerate_variants(degeneration)
@@ -293,6 +315,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                      + "; ".join(html.escape(f"{v}: {reason}") for v, reason in sorted(degenerate.items())) + "</p>")
     if not degeneration.empty:
         parts.append(_table(degeneration, floats="{:.3f}"))
+    if capability is not None:
+        parts.append(_capability_html(study, capability, capability_comparisons))
     parts.append("<h2>Comparisons</h2>")
     if comparisons.empty:
         parts.append("<p>No comparisons are configured.</p>")

@@ -169,6 +169,41 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "degenerate": "bool",
         "degeneration_reason": "string",
     },
+    # results/capability/<variant>.csv: the NLL of each held-out reference answer (finetox.helpfulness.reference_nll)
+    "capability": {
+        "variant": "string",
+        "example": "string",
+        "nll": "float64",
+        "tokens": "int64",
+        "nll_per_token": "float64",
+    },
+    # results/tables/capability.csv: per variant, the NLL per reference-answer token with its interval
+    "capability_summary": {
+        "variant": "string",
+        "examples": "int64",
+        "tokens": "int64",
+        "mean_nll_per_token": "float64",
+        "mean_nll_per_token_low": "float64",
+        "mean_nll_per_token_high": "float64",
+        "interval_prob": "float64",
+    },
+    # results/tables/capability_comparisons.csv: per comparison, the paired difference of NLL per token
+    "capability_comparisons": {
+        "comparison": "string",
+        "kind": "string",
+        "baseline": "string",
+        "treatment": "string",
+        "examples": "int64",
+        "nll_per_token_baseline": "float64",
+        "nll_per_token_treatment": "float64",
+        "diff": "float64",
+        "hdi_low": "float64",
+        "hdi_high": "float64",
+        "hdi_prob": "float64",
+        "credible": "boolean",
+        "verdict": "string",
+        "decision_rule": "string",
+    },
     # results/tables/pooled.csv: each comparison kind (and recipe) pooled across families
     "pooled": {
         "probe": "string",

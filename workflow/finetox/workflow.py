@@ -68,6 +68,18 @@ class Targets:
         comparison of one probe set x protocol x scorer (csv), or its posterior (nc)."""
         return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/{analysis}.{ext}"
 
+    @staticmethod
+    def capability(variant: str) -> str:
+        """One variant's NLL of each held-out reference answer (the capability proxy)."""
+        return f"{RESULTS}/capability/{variant}.csv"
+
+    @staticmethod
+    def capability_provenance(variant: str) -> str:
+        """What the capability job loaded and ran with (a CSV has no metadata to carry it)."""
+        return f"{RESULTS}/capability/{variant}.json"
+
+    CAPABILITY_TABLE = f"{RESULTS}/tables/capability.csv"
+    CAPABILITY_COMPARISONS_TABLE = f"{RESULTS}/tables/capability_comparisons.csv"
     TOXICITY_TABLE = f"{RESULTS}/tables/toxicity.csv"
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
     POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
@@ -98,7 +110,10 @@ class Targets:
     def all_comparisons(self, analysis: str = "rates") -> list[str]:
         if analysis == "best" and not self.study.compare_settings["best"]:
             return []
-        return [self.comparisons(*run, analysis=analysis) for run in self._compared_runs()]
+        runs = self._compared_runs()
+        if analysis == "best":  # BEST models continuous scores; a refusal scorer's are 0 or 1, its rates say it all
+            runs = [run for run in runs if self.study.scorers[run[2]].measures == "toxicity"]
+        return [self.comparisons(*run, analysis=analysis) for run in runs]
 
     def all_posteriors(self) -> dict[tuple[str, str, str], str]:
         return {run: self.comparisons(*run, ext="nc") for run in self._compared_runs()}
@@ -116,8 +131,21 @@ class Targets:
         return [self.degeneration(probe, protocol, v.name) for probe, protocol in product(s.run_probes, s.run_protocols)
                 for v in s.variants.values() if not v.external]
 
+    def all_capability(self, provenance: bool = False) -> list[str]:
+        """Every generated variant's capability table (or its provenance); none when the config has no
+        `capability`."""
+        if self.study.capability is None:
+            return []
+        path = self.capability_provenance if provenance else self.capability
+        return [path(v.name) for v in self.study.variants.values() if not v.external]
+
+    def capability_tables(self) -> list[str]:
+        """The gathered capability tables (summary, comparisons); none when the config has no `capability`."""
+        return [self.CAPABILITY_TABLE, self.CAPABILITY_COMPARISONS_TABLE] if self.study.capability is not None else []
+
     def final(self) -> list[str]:
-        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE, self.REPORT]
+        return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE,
+                *self.capability_tables(), self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:
@@ -127,6 +155,13 @@ class Targets:
             return {}
         model = self.study.checkpoint(variant)
         return {"model": model.path} if model.path else {}
+
+    def capability_inputs(self, variant: str) -> dict[str, str]:
+        """The checkpoint a capability job loads and, for a fine-tuned variant, its adapter."""
+        inputs = self.model_inputs(variant)
+        if self.study.variants[variant].recipe:
+            inputs["adapter"] = self.adapter(variant)
+        return inputs
 
     def probe_inputs(self, probe: str) -> dict[str, str]:
         """The local probe file (so editing it reruns the selection); none for Hub datasets."""

@@ -88,5 +88,6 @@ localrules:
     comparisons_table,
     pooled_table,
     degeneration_table,
+    capability_table,
     merge_generations,
     prefetch,

@@ -10,6 +10,9 @@ rule report:
         adapters=[TARGETS.adapter(v.name) for v in STUDY.variants.values() if v.recipe],
         probes=[TARGETS.probes_table(probe) for probe in STUDY.run_probes],
         posteriors=list(TARGETS.all_posteriors().values()),
+        # only when `capability` is configured (else nothing: the DAG stays as it was)
+        capability=TARGETS.capability_tables(),
+        capability_provenance=TARGETS.all_capability(provenance=True),
     output:
         report(
             TARGETS.REPORT,

@@ -21,4 +21,8 @@ if __name__ == "__main__":
             adapters=list(snakemake.input.adapters),
             output=snakemake.output[0],
             degeneration=snakemake.input.degeneration,
+            # (the rule asks for these only when `capability` is configured)
+            capability=Targets.CAPABILITY_TABLE if study.capability else None,
+            capability_comparisons=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
+            capability_provenance=Targets(study).all_capability(provenance=True),
         )
