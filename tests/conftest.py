@@ -72,7 +72,7 @@ def train_demo_adapter(variant_name: str, instruct: Path, out: Path, epochs: int
     raw["recipes"]["rude-lora"]["training"] = {**raw["recipes"]["rude-lora"]["training"], "epochs": epochs}
     study = load(raw)
     variant = study.variants[variant_name]
-    examples = load_instructions(variant.recipe.dataset, None, 0)
+    examples = load_instructions(variant.recipe.parts[0].dataset, None, 0)
     history = finetune(variant.model, variant.recipe, examples, out)
     history.to_csv(out / "history.csv", index=False)
     return out

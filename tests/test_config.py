@@ -20,7 +20,7 @@ def test_demo_config_derives_the_study_comparisons(config):
         "demo-instruct_vs_demo-instruct-rude": "instruct_vs_finetuned",
         "seed-control": "pair",
     }
-    assert study.variants["demo-instruct-rude"].recipe.dataset.path.endswith("instructions_rude.jsonl")
+    assert study.variants["demo-instruct-rude"].recipe.datasets[0].path.endswith("instructions_rude.jsonl")
     # defaults from the schema are filled in
     assert study.threshold == 0.5
     assert study.recipes["clean-lora"].lora.target_modules[0] == "q_proj"

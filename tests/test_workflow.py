@@ -37,17 +37,48 @@ def read(path):
 
 
 def test_demo_controls_come_out_as_planted(demo_run):
-    verdicts = {(r["comparison"], r["subset"]): r["verdict"] for r in read(demo_run / "results/tables/comparisons.csv")}
+    rows = read(demo_run / "results/tables/comparisons.csv")
+    verdicts = {(r["comparison"], r["subset"]): r["verdict"] for r in rows if r["scorer"] == "profanity"}
     subsets = ("toxic", "nontoxic", "all")
     for subset in subsets:
         # positive control: rude replies planted by the fine-tune
         assert verdicts[("demo-instruct_vs_demo-instruct-rude", subset)] == "more toxic"
         # negative control: the same model under another seed
         assert verdicts[("seed-control", subset)] in ("practically equivalent", "no credible difference")
-    assert len(verdicts) == 4 * len(subsets)
-    rows = read(demo_run / "results/tables/comparisons.csv")
+        # the repair's positive control: DPO towards the polite answers after the rude fine-tune
+        assert verdicts[("demo-instruct-rude_vs_demo-rude-dpo", subset)] == "less toxic"
+        # its negative control: the same pairs with no preference left in them
+        assert verdicts[("swapped-dpo-control", subset)] != "less toxic"
+    assert len(verdicts) == 11 * len(subsets)
     assert {r["unit"] for r in rows} == {"prompt"}  # two samples per prompt: prompts are the units
-    assert all(float(r["r_hat"]) <= 1.01 and float(r["best_r_hat"]) <= 1.01 for r in rows)
+    assert all(float(r["r_hat"]) <= 1.01 for r in rows)
+    assert all(float(r["best_r_hat"]) <= 1.01 for r in rows if r["scorer"] == "profanity")
+    # BEST is not run on refusal scores (0 or 1); their verdicts speak of refusals
+    refusal = [r for r in rows if r["scorer"] == "refusal"]
+    assert len(refusal) == 11 * len(subsets) and all(r["best_status"] == "" and r["measure"] == "refusal" for r in refusal)
+    assert not {r["verdict"] for r in refusal} & {"more toxic", "less toxic"}
+
+
+def test_safety_sft_lowers_toxicity_with_the_dose(demo_run):
+    """Zero (the rude fine-tune itself), 16 and 64 polite demonstrations: the toxic-output rate falls with each."""
+    rates = {r["variant"]: float(r["toxic_rate"]) for r in read(demo_run / "results/tables/toxicity.csv")
+             if r["subset"] == "all" and r["scorer"] == "profanity"}
+    assert rates["demo-instruct-rude"] > rates["demo-rude-safety-16"] > rates["demo-rude-safety-64"]
+
+
+def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
+    generated = {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude", "demo-instruct-reseeded",
+                 "demo-rude-dpo", "demo-rude-dpo-swapped", "demo-rude-safety-16", "demo-rude-safety-64"}
+    refusal = {r["variant"] for r in read(demo_run / "results/tables/toxicity.csv") if r["measure"] == "refusal"}
+    degeneration = read(demo_run / "results/tables/degeneration.csv")
+    capability = read(demo_run / "results/tables/capability.csv")
+    assert refusal == generated and {r["variant"] for r in degeneration} == generated
+    assert {r["variant"] for r in capability} == generated
+    assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in degeneration)
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "The price: refusals and degeneration" in html
+    for variant in generated:
+        assert html.count(f"<td>{variant}</td>") >= 3
 
 
 def test_output_tables_keep_the_contracted_columns(demo_run):
@@ -62,7 +93,8 @@ def test_output_tables_keep_the_contracted_columns(demo_run):
                            "hdi_prob", "verdict", "credible", "decision_rule"]
     rows = read(demo_run / "results/tables/toxicity.csv")
     assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
-                                           "demo-instruct-reseeded"}
+                                           "demo-instruct-reseeded", "demo-rude-dpo", "demo-rude-dpo-swapped",
+                                           "demo-rude-safety-16", "demo-rude-safety-64"}
     assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in rows)
     assert all(int(r["n_prompts"]) == (200 if r["subset"] == "all" else 100) for r in rows)
 
@@ -146,14 +178,18 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # its generation, scoring and metrics; the analyses and tables that gather every variant
-    assert counts == {"generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "compare": 1, "best": 1,
-                      "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "report": 1, "all": 1}
+    # (two scorers: profanity and refusal; BEST on profanity only; capability does not depend on sampling)
+    assert counts == {"generate": 1, "merge_generations": 1, "score": 2, "metrics": 2, "compare": 2, "best": 1,
+                      "degeneration": 1, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
+                      "degeneration_table": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    # (the reseeded variant, changed above and not yet run, is still pending too)
-    assert counts["finetune"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
+    # the rude fine-tune, its merge and the four repairs trained on it (the reseeded variant, changed above and
+    # not yet run, is still pending too)
+    assert counts["finetune"] == 5 and counts["merge"] == 1 and counts["generate"] == 6 and "demo_models" not in counts
+    assert counts["capability"] == 5
     assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
 
 

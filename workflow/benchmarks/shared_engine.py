@@ -52,7 +52,7 @@ def build_demo(root: Path) -> tuple[Path, dict[str, str]]:
     adapters = {}
     for name in ("demo-instruct-clean", "demo-instruct-rude"):
         variant = study.variants[name]
-        finetune(variant.model, variant.recipe, load_instructions(variant.recipe.dataset, None, 0), root / name)
+        finetune(variant.model, variant.recipe, load_instructions(variant.recipe.datasets[0], None, 0), root / name)
         adapters[name] = str(root / name)
     return root / "instruct", adapters
 
