@@ -11,6 +11,9 @@ from finetox.config import ConfigError, load
 from conftest import REPO, job_counts
 
 
+REPAIRS = ("demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64")
+
+
 def test_demo_config_derives_the_study_comparisons(config):
     study = load(config)
     kinds = {c.name: c.kind for c in study.comparisons.values()}
@@ -18,7 +21,10 @@ def test_demo_config_derives_the_study_comparisons(config):
         "demo-base_vs_demo-instruct": "base_vs_instruct",
         "demo-instruct_vs_demo-instruct-clean": "instruct_vs_finetuned",
         "demo-instruct_vs_demo-instruct-rude": "instruct_vs_finetuned",
+        **{f"demo-instruct_vs_{repair}": "instruct_vs_aligned" for repair in REPAIRS},
+        **{f"demo-instruct-rude_vs_{repair}": "finetuned_vs_aligned" for repair in REPAIRS},
         "seed-control": "pair",
+        "swapped-dpo-control": "pair",
     }
     assert study.variants["demo-instruct-rude"].recipe.datasets[0].path.endswith("instructions_rude.jsonl")
     # defaults from the schema are filled in
@@ -98,9 +104,10 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "results/generations/demo/demo/only-one.parquet" in run.stdout
+    # (the demo's two scorers, profanity and refusal; no capability key, so no capability jobs)
     assert job_counts(run.stdout) == {
-        "probes": 1, "generate": 1, "merge_generations": 1, "score": 1, "metrics": 1, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
-        "report": 1, "all": 1,
+        "probes": 1, "generate": 1, "merge_generations": 1, "score": 2, "metrics": 2, "degeneration": 1,
+        "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1, "report": 1, "all": 1,
     }
 
 

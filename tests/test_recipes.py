@@ -169,3 +169,16 @@ def test_the_study_with_its_repairs_dry_runs_offline_in_seconds(tmp_path):
     repairs = [c for c in study.comparisons.values() if c.kind == "finetuned_vs_aligned"]
     assert len(repairs) == 14 and all(study.variants[c.baseline].recipe.name.startswith("dolly") for c in repairs)
     assert study.scorers["refusal"].measures == "refusal" and study.run_scorers[-1] == "refusal"
+
+
+def test_the_xstest_overlay_plans_an_over_refusal_run_of_every_variant(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "--configfile", *(str(REPO / f"config/{name}.yaml") for name in ("study", "repairs", "xstest"))],
+                         capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = job_counts(run.stdout)
+    # one probe set, one protocol, the refusal scorer alone: every generated variant once, no BEST
+    assert counts["probes"] == 1 and counts["score"] == 34 and counts["compare"] == 1 and "best" not in counts

@@ -125,14 +125,20 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[s
     """The setup of a run as tables; `probe_sizes` holds the realised number of prompts per probe set and subset."""
     variants = pd.DataFrame([
         {"variant": v.name, "family": v.family, "role": v.role,
-         "model": v.model.location if v.model else f"scored elsewhere: {v.external.source.path or v.external.source.hub}",
+         "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start else v.model.location if v.model
+                   else f"scored elsewhere: {v.external.source.path or v.external.source.hub}"),
          "revision": (v.model.revision if v.model else v.external.source.revision) or "",
          "recipe": v.recipe.name if v.recipe else "",
          "seed": v.seed if v.seed is not None else ""}
         for v in study.variants.values()
     ])
     recipes = pd.DataFrame([
-        {"recipe": r.name, "dataset": r.dataset.path or r.dataset.hub, "template": r.template,
+        {"recipe": r.name, "method": r.method + (f" (beta={r.dpo.beta}, {r.dpo.loss_type}"
+                                                  + (", labels swapped in half" if r.dpo.swap_labels else "") + ")"
+                                                  if r.dpo else ""),
+         "data": "; ".join(f"{p.dataset.path or p.dataset.hub}" + (f" ({p.examples} sampled)" if p.examples is not None
+                                                                    else "") for p in r.parts),
+         "template": r.template,
          "lora": f"r={r.lora.r}, alpha={r.lora.alpha}, dropout={r.lora.dropout}, targets={','.join(r.lora.target_modules)}",
          "training": ", ".join(f"{k}={v}" for k, v in vars(r.training).items())}
         for r in study.recipes.values()
