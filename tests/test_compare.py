@@ -292,7 +292,7 @@ def test_pools_need_two_families_and_one_comparison_per_family():
     from finetox.compare import pooled_failed
     from finetox.tables import conform
 
-    failed = conform(pooled_failed(pools, ValueError("no draws")).assign(probe="p", protocol="q", scorer="s"),
+    failed = conform(pooled_failed(pools, ValueError("no draws")).assign(probe="p", protocol="q", scorer="s", measure="toxicity"),
                      "pooled", "test")
     assert failed["status"].tolist() == ["failed: ValueError: no draws"] and failed["pooled_mean"].isna().all()
 

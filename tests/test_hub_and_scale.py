@@ -67,10 +67,12 @@ def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     run = run_snakemake(tmp_path, study_config(), "-n", env={"HF_HUB_OFFLINE": "1"})
     # 20 variants x 3 probe sets x 1 protocol x 2 scorers; the 14 comparisons (4 base->instruct,
     # 6 instruct->Dolly, 4 instruct->community) of each probe set x protocol x scorer are fitted together,
-    # once for the rates and once for BEST; generation jobs follow once the probes are selected.
+    # once for the rates and once for BEST; generation jobs follow once the probes are selected, and with
+    # them one degeneration job per variant x probe set.
     assert job_counts(run.stdout) == {
         "probes": 3, "finetune": 6, "merge_generations": 60, "score": 120, "metrics": 120, "compare": 6, "best": 6,
-        "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "report": 1, "all": 1,
+        "degeneration": 60, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1,
+        "report": 1, "all": 1,
     }
 
 

@@ -40,8 +40,8 @@ def cluster(tmp_path_factory):
 
 
 def small_demo(workdir):
-    """The demo, smaller: the base, instruct and rude variants on the first 60 prompts; finetune and generate
-    ask for a GPU, as in config/study.yaml."""
+    """The demo, smaller: the base, instruct and rude variants on the first 60 prompts, the profanity scorer;
+    finetune and generate ask for a GPU, as in config/study.yaml."""
     shutil.copytree(REPO / "resources", workdir / "resources")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["variants"] = {k: v for k, v in config["variants"].items()
@@ -49,6 +49,7 @@ def small_demo(workdir):
     config["recipes"] = {"rude-lora": config["recipes"]["rude-lora"]}
     config["datasets"] = {"demo-rude": config["datasets"]["demo-rude"]}
     config.pop("capability", None)  # (its held-out dataset is dropped above)
+    config["run"]["scorers"] = ["profanity"]  # (the refusal scorer adds nothing a cluster would run differently)
     config["comparisons"]["pairs"] = []
     config["probes"]["demo"]["limit"] = 60
     config["resources"] = {stage: {"gpu": 1, "threads": 2} for stage in GPU_RULES}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from finetox.config import ModelSource, Recipe
-from finetox.generation import load_tokenizer
+from finetox.checkpoints import load_tokenizer
 from finetox.preference import check_preferences
 from finetox.prompts import check_template, preference_example, training_text
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from finetox.checkpoints import load_tokenizer, merge_adapter  # noqa: F401  (load_tokenizer: for callers)
 from finetox.config import ModelSource, Protocol
 from finetox.prompts import probe_text
 
@@ -43,14 +44,6 @@ class EncodedPrompts:
     prompt_format: str
     texts: list[str]
     token_ids: list[list[int]]
-
-
-def load_tokenizer(model: ModelSource):
-    """The checkpoint's tokenizer (also that of its merged adapters: merging keeps the base's tokenizer)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model.location, revision=model.revision,
-                                         trust_remote_code=model.trust_remote_code)
 
 
 def encode_prompts(probes: pd.DataFrame, prompt_format: str, tokenizer, system_prompt: str | None = None) -> EncodedPrompts:
@@ -192,20 +185,6 @@ class Backend:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def merge_adapter(model: ModelSource, adapter: str, tokenizer, into: Path) -> str:
-    """Write base + adapter merged into one checkpoint, for engines that cannot serve the adapter unmerged."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(
-        model.location, revision=model.revision, trust_remote_code=model.trust_remote_code, dtype=model.dtype
-    )
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.save_pretrained(into, safe_serialization=True)
-    tokenizer.save_pretrained(into)
-    return str(into)
 
 
 class VLLMBackend(Backend):

@@ -152,9 +152,11 @@ def _summarise(prompts: pd.DataFrame, intervals: Intervals, rng: np.random.Gener
 
 
 def toxicity_metrics(scores: pd.DataFrame, probe: str, protocol: str, scorer: str, threshold: float,
-                     intervals: Intervals = Intervals(), prompts: pd.DataFrame | None = None) -> pd.DataFrame:
+                     intervals: Intervals = Intervals(), prompts: pd.DataFrame | None = None,
+                     measure: str = "toxicity") -> pd.DataFrame:
     """One row per variant x subset, plus the pooled subset `all` (the `toxicity` table). `prompts`: the
-    scores' prompt_table, when the caller has it already."""
+    scores' prompt_table, when the caller has it already; `measure`: what the scorer measures (for a refusal
+    scorer the "toxic" counts are refusals)."""
     prompts = prompt_table(scores, threshold) if prompts is None else prompts
     rows = []
     for variant, by_variant in prompts.groupby("variant", sort=True):
@@ -164,7 +166,7 @@ def toxicity_metrics(scores: pd.DataFrame, probe: str, protocol: str, scorer: st
         for subset, table in groups:
             rng = keyed_rng(intervals.seed, probe, protocol, scorer, variant, subset)
             rows.append({"variant": variant, "probe": probe, "subset": subset, **_summarise(table, intervals, rng)})
-    return pd.DataFrame(rows).assign(protocol=protocol, scorer=scorer, threshold=threshold)
+    return pd.DataFrame(rows).assign(protocol=protocol, scorer=scorer, measure=measure, threshold=threshold)
 
 
 def with_pooled(prompts: pd.DataFrame) -> pd.DataFrame:

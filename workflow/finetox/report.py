@@ -317,10 +317,11 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  f"{study.raw['degeneration']['repeat_threshold']}); a variant is flagged when a share exceeds "
                  f"{study.raw['degeneration']['max_share']:.0%}.</p>")
     if degenerate:
-        parts.append("<p class='warn'><b>Degenerate variants</b> (their toxicity verdicts are flagged below): "
+        parts.append("<p class='warn'><b>Degenerate variants</b> (the comparisons they enter are flagged below, on "
+                     "either side: a rate that is low because a model says nothing is no achievement): "
                      + "; ".join(html.escape(f"{v}: {reason}") for v, reason in sorted(degenerate.items())) + "</p>")
     if not degeneration.empty:
-        parts.append(_table(degeneration, floats="{:.3f}"))
+        parts.append(_table(degeneration.fillna({"degeneration_reason": ""}), floats="{:.3f}"))
     if capability is not None:
         parts.append(_capability_html(study, capability, capability_comparisons))
     parts.append("<h2>Comparisons</h2>")
@@ -328,13 +329,14 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         parts.append("<p>No comparisons are configured.</p>")
     else:
         parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
-        comparisons = comparisons.assign(treatment_degenerates=comparisons["treatment"].map(degenerate).fillna(""))
+        comparisons = comparisons.assign(**{f"{side}_degenerates": comparisons[side].map(degenerate).fillna("")
+                                            for side in ("baseline", "treatment")})
         shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
                              "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
                              "prob_direction", "rope_share", "credible", "verdict", "decision_rule",
                              "paired_rate_diff_mean", "paired_rate_hdi_low", "paired_rate_hdi_high",
                              "discordant_baseline", "discordant_treatment", "paired_rate_verdict",
-                             "treatment_degenerates"]]
+                             "baseline_degenerates", "treatment_degenerates"]]
         parts.append(_verdict_html(shown))
     if pooled is not None and not pooled.empty:
         parts.append("<h3>Pooled across families</h3>")

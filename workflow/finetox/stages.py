@@ -155,7 +155,7 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
 def merge(study: Study, variant_name: str, adapter_dir: str, output_dir: str) -> None:
     """A fine-tuned variant's checkpoint with its adapter merged into the weights, which a sequential recipe
     trains on and the generation engine serves; it carries the adapter's provenance."""
-    from finetox.generation import load_tokenizer, merge_adapter
+    from finetox.checkpoints import load_tokenizer, merge_adapter
 
     checkpoint = study.checkpoint(variant_name)
     target = Path(output_dir)
@@ -287,8 +287,8 @@ def metrics(study: Study, probe: str, protocol: str, scorer: str, scores: str, o
     intervals = Intervals(prob=study.compare_settings["hdi_prob"], seed=study.seed)
     tables.write_parquet(prompts, prompts_output, "prompts", _provenance(
         study, _upstream_stages(scores), probe=probe, protocol=protocol, scorer=scorer, threshold=study.threshold))
-    toxicity = toxicity_metrics(table, probe, protocol, scorer, study.threshold, intervals, prompts)
-    tables.write_csv(toxicity.assign(measure=study.scorers[scorer].measures), output, "toxicity")
+    tables.write_csv(toxicity_metrics(table, probe, protocol, scorer, study.threshold, intervals, prompts,
+                                      study.scorers[scorer].measures), output, "toxicity")
 
 
 #: what the degeneration measures read of a generations table
@@ -316,7 +316,7 @@ def capability(study: Study, variant_name: str, output: str, provenance_output: 
     from transformers import AutoModelForCausalLM
 
     from finetox.data import load_instructions
-    from finetox.generation import load_tokenizer
+    from finetox.checkpoints import load_tokenizer
     from finetox.helpfulness import reference_nll
     from finetox.hub import model_record, table_record
 
@@ -479,8 +479,8 @@ def gather(files: list[str], schema: str, output: str) -> None:
 
 def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
-           output: str, degeneration: str | None = None, capability: str | None = None,
-           capability_comparisons: str | None = None, capability_provenance: list[str] | None = None) -> None:
+           output: str, degeneration_csv: str | None = None, capability_csv: str | None = None,
+           capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage."""
     import arviz as az
@@ -503,9 +503,9 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
     examples = {meta["variant"]: meta["examples_per_dataset"] for meta in written if "examples_per_dataset" in meta}
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
                         training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"),
-                        tables.read_csv(degeneration, "degeneration") if degeneration else None, examples,
-                        capability=_read_if_there(capability, "capability_summary"),
-                        capability_comparisons=_read_if_there(capability_comparisons, "capability_comparisons"))
+                        _read_if_there(degeneration_csv, "degeneration"), examples,
+                        capability=_read_if_there(capability_csv, "capability_summary"),
+                        capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html)
 

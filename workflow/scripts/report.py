@@ -20,9 +20,9 @@ if __name__ == "__main__":
             score_files=list(snakemake.input.scores),
             adapters=list(snakemake.input.adapters),
             output=snakemake.output[0],
-            degeneration=snakemake.input.degeneration,
+            degeneration_csv=snakemake.input.degeneration,
             # (the rule asks for these only when `capability` is configured)
-            capability=Targets.CAPABILITY_TABLE if study.capability else None,
-            capability_comparisons=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
+            capability_csv=Targets.CAPABILITY_TABLE if study.capability else None,
+            capability_comparisons_csv=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
             capability_provenance=Targets(study).all_capability(provenance=True),
         )
