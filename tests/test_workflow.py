@@ -138,7 +138,7 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     config["variants"]["demo-instruct-rude"]["seed"] = 5
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    assert counts["generate"] == 1 and counts["score"] == 1 and "finetune" not in counts
+    assert counts["generate"] == 1 and counts["score"] == 2 and "finetune" not in counts  # (two scorers)
     config_path.write_text(original)
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
 
