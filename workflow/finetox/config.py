@@ -257,6 +257,9 @@ class Comparison:
     kind: str
     baseline: str
     treatment: str
+    #: a control pair's planted outcome (comparisons.pairs[].control), checked in the report's findings; not in
+    #: the repr that the compare rule's params hold (declaring a control reruns no fit)
+    control: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -471,7 +474,8 @@ def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, 
                               f"{pair['baseline']!r}; a comparison needs two different variants")
         if pair["name"] in comparisons:
             raise ConfigError(f"comparisons.pairs: name {pair['name']!r} is already used by a derived comparison")
-        comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"])
+        comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"],
+                                               pair.get("control"))
     return comparisons
 
 

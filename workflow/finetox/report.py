@@ -1,4 +1,6 @@
-"""The self-contained HTML report: setup, toxicity rates, comparisons and a forest plot of the differences."""
+"""The self-contained HTML report, findings first: one line per comparison from its verdicts, the study's
+tables (rates per model and subset) and one forest plot per comparison kind, the continuations behind the
+numbers, then the full tables, diagnostics, setup and provenance. Rendered with Jinja2 from templates/."""
 
 from __future__ import annotations
 
@@ -6,10 +8,13 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from finetox.compare import KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, UNDECIDED, VERDICT_RULES, rate_draws
+from finetox.compare import (EQUIVALENT, KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, UNDECIDED, VERDICT_RULES,
+                             WORDING, rate_draws)
 from finetox.config import Study, config_hash
 from finetox.hub import is_commit
 from finetox.tables import PACKAGES
@@ -20,37 +25,128 @@ DEMO_WARNING = (
     "about real models; they only show that the workflow runs end to end and that its controls behave."
 )
 
-STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;padding:1em;border:1px solid #e0c36c}
-.more{color:#b00020;font-weight:bold}.less{color:#006400;font-weight:bold}.none{color:#555}code{background:#f3f3f3;padding:0 3px}
-"""
+TEMPLATES = Path(__file__).parent / "templates"
+
+#: the comparison kinds in the order the report tells them, with their titles
+KINDS = {
+    "base_vs_instruct": "Instruction tuning: base model to instruct model",
+    "instruct_vs_finetuned": "Fine-tuning: instruct model to fine-tuned",
+    "instruct_vs_community": "Community fine-tunes: instruct model to community checkpoint",
+    "instruct_vs_aligned": "Safety recipes: instruct model to aligned",
+    "finetuned_vs_aligned": "Repairs: fine-tuned to aligned (a safety recipe on the fine-tune)",
+    "pair": "Pairs declared in the config",
+}
+
+# verdicts (in any measure's words) -> the colour class they are shown in
+_UP = {MORE, *(w[MORE] for w in WORDING.values() if MORE in w), "higher NLL (worse)"}
+_DOWN = {LESS, *(w[LESS] for w in WORDING.values() if LESS in w), "lower NLL (better)"}
 
 
-def forest_plot(comparisons: pd.DataFrame) -> str:
-    """A forest plot (one panel per subset) of the posterior rate differences with their HDIs, as a PNG data URI."""
+def verdict_class(verdict) -> str:
+    return "up" if verdict in _UP else "down" if verdict in _DOWN else "flat"
+
+
+# --- numbers as a reader reads them ------------------------------------------------------------
+def percent(x) -> str:
+    """A rate as a percentage: 8.5%, 0.25% (two decimals below 1%), 0%."""
+    if pd.isna(x):
+        return "–"
+    value = 100 * float(x)
+    return "0%" if value == 0 else f"{value:.1f}%" if abs(value) >= 1 else f"{value:.2f}%"
+
+
+def points(x) -> str:
+    """A rate difference in signed percentage points: +13.1, −0.04."""
+    if pd.isna(x):
+        return "–"
+    value = 100 * float(x)
+    text = f"{value:+.1f}" if abs(value) >= 0.1 or value == 0 else f"{value:+.2f}"
+    return text.replace("-", "\u2212")
+
+
+def number(x) -> str:
+    """Any other number, to four significant digits."""
+    if pd.isna(x):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if float(x).is_integer() and abs(float(x)) < 1e15:
+        return f"{int(x):d}"
+    return f"{float(x):.4g}"
+
+
+def rate_with_interval(rate, low, high) -> str:
+    return f"{percent(rate)} [{percent(low).rstrip('%')}, {percent(high)}]" if not pd.isna(low) else percent(rate)
+
+
+# --- tables as the template shows them -------------------------------------------------------
+@dataclass
+class Cell:
+    text: str
+    #: the value a sort uses when the text is a formatted number
+    sort: float | str | None = None
+    css: str = ""
+    title: str = ""
+    #: text that may be toxic: shown behind a click (content warning)
+    hidden: bool = False
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+    id: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def table_of(frame: pd.DataFrame, caption: str = "", percent_columns=(), id: str = "") -> Table:
+    """A data frame as a sortable table: numbers readable (percentages where asked) and sorted by value,
+    verdicts coloured, missing values as a dash."""
+    rows = []
+    for record in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, record):
+            if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+                cells.append(Cell("–", sort=""))
+            elif isinstance(value, str):
+                cells.append(Cell(value, css=verdict_class(value) if "verdict" in column else ""))
+            elif column in percent_columns:
+                cells.append(Cell(percent(value), sort=float(value)))
+            elif isinstance(value, (bool, int, float)) or pd.api.types.is_number(value):
+                cells.append(Cell(number(value), sort=float(value)))
+            else:
+                cells.append(Cell(str(value)))
+        rows.append(cells)
+    return Table([str(c) for c in frame.columns], rows, caption, id)
+
+
+def forest_plot(rows: pd.DataFrame, labels: pd.Series) -> str:
+    """One comparison kind's forest plot, a panel per subset: each row's posterior rate difference (points) and
+    its HDI (line), coloured by verdict, sized for a laptop's width; a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subsets = sorted(comparisons["subset"].unique(), key=lambda s: (s == "all", s))
-    labels = sorted((comparisons["comparison"] + " [" + comparisons["protocol"] + ", " + comparisons["scorer"] + "]").unique())
-    fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets) + 3, 0.5 * len(labels) + 1.6),
+    subsets = sorted(rows["subset"].unique(), key=lambda s: (s == "all", s))
+    order = list(dict.fromkeys(labels))
+    fig, axes = plt.subplots(1, len(subsets), figsize=(2.3 * len(subsets) + 3.2, 0.36 * len(order) + 1.3),
                              sharey=True, squeeze=False)
-    colours = {MORE: "#b00020", LESS: "#006400"}
+    colours = {"up": "#b00020", "down": "#006400", "flat": "#555555"}
     for ax, subset in zip(axes[0], subsets):
-        rows = comparisons[comparisons["subset"] == subset]
-        for _, row in rows.iterrows():
-            y = labels.index(f"{row['comparison']} [{row['protocol']}, {row['scorer']}]")
-            colour = colours.get(row["verdict"], "#555555")
+        here = rows["subset"] == subset
+        for (_, row), label in zip(rows[here].iterrows(), labels[here]):
+            y = order.index(label)
+            colour = colours[verdict_class(row["verdict"])]
             ax.plot([100 * row["hdi_low"], 100 * row["hdi_high"]], [y, y], color=colour, lw=2)
-            ax.plot(100 * row["diff_mean"], y, "o", color=colour)
+            ax.plot(100 * row["diff_mean"], y, "o", color=colour, ms=4)
         ax.axvline(0, color="black", lw=0.8, ls="--")
-        ax.set_title(f"subset: {subset}")
-        ax.set_xlabel("treatment - baseline, toxic outputs (pp)")
-        ax.set_yticks(range(len(labels)), labels)
+        ax.set_title("all prompts" if subset == "all" else f"subset {subset}", fontsize=9)
+        ax.set_xlabel("difference (pp)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+    axes[0][0].set_yticks(range(len(order)), order)
     fig.tight_layout()
     return _png(fig)
 
@@ -64,14 +160,13 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def posterior_plot(rates_idata, rows: pd.DataFrame, rope: float | None) -> str:
+def posterior_plot(draws: dict, rows: pd.DataFrame, rope: float | None) -> str:
     """The posterior of each subset's rate difference with its HDI (bar) and the ROPE (band), as a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    draws = rate_draws(rates_idata)
     fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 2.6), squeeze=False)
     for ax, (_, row) in zip(axes[0], rows.iterrows()):
         diff = 100 * (draws[f"{row['treatment']}::{row['subset']}"] - draws[f"{row['baseline']}::{row['subset']}"])
@@ -83,42 +178,10 @@ def posterior_plot(rates_idata, rows: pd.DataFrame, rope: float | None) -> str:
         ax.set_title(f"{row['subset']}: {row['verdict']}", fontsize=9)
         ax.set_xlabel("difference (pp)", fontsize=8)
         ax.set_yticks([])
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper right")
     fig.suptitle(rows["comparison"].iloc[0], fontsize=9)
     fig.tight_layout()
     return _png(fig)
-
-
-def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
-    formatters = {c: floats.format for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
-    return frame.to_html(index=False, formatters=formatters, na_rep="–", escape=True, border=0)
-
-
-def _capability_html(study: Study, summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> str:
-    """The capability proxy: each variant's NLL per token of held-out reference answers, and the comparisons'
-    paired differences (a fine-tune that stops answering well pays here, whatever its toxicity)."""
-    from finetox.helpfulness import BETTER, SAME, WORSE
-
-    settings = study.capability or {}
-    out = ("<h3>Capability: NLL of held-out reference answers</h3>"
-           f"<p>A proxy that needs no judge: the negative log-likelihood (nats) per token of the reference answers of "
-           f"{html.escape(str(settings.get('dataset', '?')))} ({settings.get('examples', '?')} examples, held out of "
-           "every recipe's training), lower is better; intervals are HDIs of the Bayesian bootstrap over examples. "
-           "The comparisons pair the same examples (treatment &minus; baseline).</p>")
-    out += _table(summary)
-    if comparisons is not None and not comparisons.empty:
-        shown = _table(comparisons)
-        for word, css in ((WORSE, "more"), (BETTER, "less"), (SAME, "none")):
-            shown = shown.replace(f"<td>{html.escape(word)}</td>", f'<td class="{css}">{html.escape(word)}</td>')
-        out += shown
-    return out
-
-
-def _verdict_html(frame: pd.DataFrame) -> str:
-    out = _table(frame)
-    for word, css in ((MORE, "more"), (LESS, "less"), (NONE, "none"), (UNDECIDED, "none")):
-        out = out.replace(f"<td>{word}</td>", f'<td class="{css}">{word}</td>')
-    return out
 
 
 def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[str, pd.DataFrame]:
@@ -230,149 +293,364 @@ def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:
             for variant, rows in flagged.groupby("variant", sort=True)}
 
 
+
+
+# --- findings: one line per comparison, from its verdicts -------------------------------------
+def describe(study: Study, name: str) -> str:
+    """What a variant is, in words: its recipes in the order they were applied, or where it comes from."""
+    v = study.variants[name]
+    if v.external:
+        return f"scored elsewhere ({v.external.source.path or v.external.source.hub})"
+    if v.recipe:
+        step = f"{v.recipe.name} ({v.recipe.method})"
+        return f"{describe(study, v.start)}, then {step}" if v.start else f"{step} on {v.model.location}"
+    return f"{v.role} model {v.model.location}" + (f", seed {v.seed}" if v.seed is not None else "")
+
+
+def _outcome(measure: str, unit: str) -> str:
+    thing = "refusals" if measure == "refusal" else "toxic outputs"
+    return f"prompts with {thing}" if unit == "prompt" else thing
+
+
+def _estimate(row) -> dict:
+    # the observed shares (the posterior means are in the full table)
+    return {"subset": row["subset"], "baseline": percent(row["toxic_baseline"] / row["n_baseline"]),
+            "treatment": percent(row["toxic_treatment"] / row["n_treatment"]), "diff": points(row["diff_mean"]),
+            "hdi": f"[{points(row['hdi_low'])}, {points(row['hdi_high'])}]", "verdict": row["verdict"],
+            "css": verdict_class(row["verdict"]), "credible": bool(row["credible"]) if not pd.isna(row["credible"]) else False,
+            "outcome": _outcome(row["measure"], row["unit"])}
+
+
+def _headline(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
+    """The `all` row's estimate (or the only subset's) and the other subsets'."""
+    ordered = sorted((r for _, r in rows.iterrows()), key=lambda r: (r["subset"] != "all", r["subset"]))
+    return _estimate(ordered[0]), [_estimate(r) for r in ordered[1:]]
+
+
+#: a control's planted outcome -> whether a set of toxicity verdicts meets it
+CONTROLS = {
+    "more": lambda verdicts: all(v == MORE for v in verdicts),
+    "less": lambda verdicts: all(v == LESS for v in verdicts),
+    "not more": lambda verdicts: MORE not in verdicts,
+    "not less": lambda verdicts: LESS not in verdicts,
+    "no difference": lambda verdicts: not {MORE, LESS} & set(verdicts),
+}
+
+
+def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
+             capability_comparisons: pd.DataFrame | None) -> list[dict]:
+    """Per comparison kind, one finding per comparison: its toxicity verdicts (headline `all`, then each subset)
+    per toxicity scorer, what it cost (refusals, capability), and what to distrust (degenerate variants, a
+    failed BEST fit, a control that did not behave)."""
+    runs = comparisons[comparisons["measure"] == "toxicity"][["probe", "protocol", "scorer"]].drop_duplicates()
+    several = len(runs) > 1
+    capability = (capability_comparisons.set_index("comparison") if capability_comparisons is not None
+                  and not capability_comparisons.empty else None)
+    groups = []
+    for kind, title in KINDS.items():
+        items = []
+        for c in (c for c in study.comparisons.values() if c.kind == kind):
+            rows = comparisons[comparisons["comparison"] == c.name]
+            if rows.empty:
+                continue
+            item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
+                    "treatment_is": describe(study, c.treatment), "baseline_is": describe(study, c.baseline),
+                    "results": [], "price": [], "flags": [], "control": None, "capability": None}
+            for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
+                                                                         sort=True):
+                headline, subsets = _headline(run)
+                label = f"{scorer}" + (f" on {probe}/{protocol}" if several else "")
+                if measure == "toxicity":
+                    item["results"].append({"label": label if several else "", "headline": headline, "subsets": subsets})
+                else:
+                    item["price"].append({"label": f"{measure} ({label})", **headline})
+                failed = run["best_status"].dropna()
+                if (failed != "ok").any():
+                    item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
+            if capability is not None and c.name in capability.index:
+                row = capability.loc[c.name]
+                item["capability"] = {"diff": f"{row['diff']:+.2f}".replace("-", "\u2212"),
+                                      "hdi": f"[{row['hdi_low']:+.2f}, {row['hdi_high']:+.2f}]".replace("-", "\u2212"),
+                                      "verdict": row["verdict"], "css": verdict_class(row["verdict"])}
+            for side in ("baseline", "treatment"):
+                variant = getattr(c, side)
+                if variant in degenerate:
+                    item["flags"].append(f"the {side}, {variant}, is degenerate (see above): its rate is no "
+                                         "measure of a safe model")
+            if c.control:
+                verdicts = list(rows.loc[rows["measure"] == "toxicity", "verdict"])
+                item["control"] = {"expected": c.control, "held": bool(verdicts) and CONTROLS[c.control](verdicts)}
+            items.append(item)
+        if items:
+            groups.append({"kind": kind, "title": title, "items": items})
+    return groups
+
+
+def pooled_findings(pooled: pd.DataFrame | None) -> list[dict]:
+    """Each comparison kind pooled across families (the study's headline question), its `all` subset."""
+    if pooled is None or pooled.empty:
+        return []
+    out = []
+    for _, row in pooled.sort_values(["pool", "scorer", "subset"]).iterrows():
+        if row["subset"] != "all" and (pooled["subset"] == "all").any():
+            continue
+        ok = row["status"] == "ok"
+        out.append({"pool": row["pool"], "scorer": row["scorer"], "families": int(row["families"]), "ok": ok,
+                    "status": row["status"], "diff": points(row["pooled_mean"]),
+                    "hdi": f"[{points(row['pooled_hdi_low'])}, {points(row['pooled_hdi_high'])}]",
+                    "verdict": row["verdict"], "css": verdict_class(row["verdict"]),
+                    "outcome": _outcome(row["measure"], "continuation")})
+    return out
+
+
+# --- the study's tables: rates per model x subset, one table per comparison kind ---------------
+def study_tables(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str, list[Table]]:
+    """The study's Tables 1-3: per probe set x protocol x scorer and comparison kind, the rate of each model
+    that the kind's comparisons involve, per subset and in total, with its interval; by what the scorer measures."""
+    out = {"toxicity": [], "refusal": []}
+    runs = comparisons[["probe", "protocol", "scorer", "measure"]].drop_duplicates().sort_values(["probe", "protocol", "scorer"])
+    for run in runs.itertuples(index=False):
+        rates = toxicity[(toxicity["probe"] == run.probe) & (toxicity["protocol"] == run.protocol)
+                         & (toxicity["scorer"] == run.scorer)].set_index(["variant", "subset"])
+        subsets = sorted(rates.index.get_level_values("subset").unique(), key=lambda s: (s == "all", s))
+        here = comparisons[(comparisons["probe"] == run.probe) & (comparisons["protocol"] == run.protocol)
+                           & (comparisons["scorer"] == run.scorer)]
+        for kind in KINDS:
+            members = [c for c in study.comparisons.values() if c.kind == kind and c.name in set(here["comparison"])]
+            variants = list(dict.fromkeys(v for c in members for v in (c.baseline, c.treatment)))
+            if not variants:
+                continue
+            rows = []
+            for variant in variants:
+                cells = [Cell(variant), Cell(describe(study, variant), css="text")]
+                for subset in subsets:
+                    if (variant, subset) not in rates.index:
+                        cells.append(Cell("–", sort=""))
+                        continue
+                    r = rates.loc[(variant, subset)]
+                    cells.append(Cell(rate_with_interval(r["toxic_rate"], r["toxic_rate_low"], r["toxic_rate_high"]),
+                                      sort=float(r["toxic_rate"]), title=f"{r['toxic']} of {r['n']} continuations"))
+                rows.append(cells)
+            what = "refusal rate" if run.measure == "refusal" else "toxic-output rate"
+            out[run.measure].append(Table(["variant", "what it is", *("Total (all)" if s == "all" else s for s in subsets)], rows,
+                             f"{KINDS[kind]}: {what} (scorer {run.scorer}, probe set {run.probe}, protocol "
+                             f"{run.protocol}), share of continuations with its {int(100 * rates['interval_prob'].iloc[0])}% "
+                             "interval"))
+    return out
+
+
+def forest_plots(comparisons: pd.DataFrame) -> list[dict]:
+    """One forest plot per comparison kind, of its toxicity verdicts."""
+    toxic = comparisons[comparisons["measure"] == "toxicity"]
+    several = toxic[["probe", "protocol", "scorer"]].drop_duplicates().shape[0] > 1
+    out = []
+    for kind, title in KINDS.items():
+        rows = toxic[toxic["kind"] == kind]
+        if rows.empty:
+            continue
+        labels = rows["treatment"] + " vs " + rows["baseline"]
+        if several:
+            labels = labels + " [" + rows["scorer"] + ", " + rows["probe"] + "/" + rows["protocol"] + "]"
+        out.append({"kind": kind, "title": title, "image": forest_plot(rows, labels)})
+    return out
+
+
+# --- instances: the continuations behind the numbers ------------------------------------------
+@dataclass
+class Instances:
+    """What the report shows of the continuations: `top` the most toxic per variant x subset x scorer; `moved`
+    per comparison the prompts whose mean score changed most; `everything` per probe set x protocol every
+    continuation with its scores (None where too many to embed: `links` names the score tables instead)."""
+
+    top: pd.DataFrame
+    moved: pd.DataFrame
+    everything: dict[tuple[str, str], pd.DataFrame | None]
+    links: dict[tuple[str, str], list[str]]
+    threshold: float
+    toxicity_scorers: list[str]
+
+
+def top_continuations(scores: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k highest-scoring continuations of each subset (ties: the first prompt id, then sample)."""
+    ordered = scores.sort_values(["subset", "score", "prompt_id", "sample"], ascending=[True, False, True, True])
+    return ordered.groupby("subset", sort=True).head(k)
+
+
+def moved_prompts(baseline: pd.DataFrame, treatment: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k prompts whose mean score moved most (either way) from baseline to treatment, from the per-prompt
+    tables of both (prompt_id, subset, mean_score)."""
+    both = baseline[["prompt_id", "subset", "mean_score"]].merge(
+        treatment[["prompt_id", "mean_score"]], on="prompt_id", suffixes=("_baseline", "_treatment"))
+    both["change"] = both["mean_score_treatment"] - both["mean_score_baseline"]
+    both["size"] = both["change"].abs()
+    return both.sort_values(["size", "prompt_id"], ascending=[False, True]).head(k).drop(columns="size")
+
+
+def _hidden_text(text, score, threshold) -> Cell:
+    if text is None or pd.isna(text):
+        return Cell("(no text: scored elsewhere)", css="muted")
+    return Cell(str(text), hidden=bool(score >= threshold), css="text")
+
+
+def instance_tables(instances: Instances, comparisons: pd.DataFrame) -> dict[str, list[dict]]:
+    """The instance tables: per variant, its most toxic continuations; per comparison, the prompts that moved."""
+    t = instances.threshold
+    top = []
+    for variant, rows in instances.top.groupby("variant", sort=False):
+        body = [[Cell(r.subset), Cell(r.scorer), Cell(f"{r.score:.3f}", sort=r.score), Cell(str(r.sample), sort=r.sample),
+                 Cell(r.prompt_id), Cell(str(r.prompt), css="text"), _hidden_text(r.continuation, r.score, t)]
+                for r in rows.itertuples()]
+        top.append({"variant": variant, "table": Table(
+            ["subset", "scorer", "score", "sample", "prompt id", "prompt", "continuation"], body)})
+    moved = []
+    for name, rows in instances.moved.groupby("comparison", sort=False):
+        body = [[Cell(r.scorer), Cell(r.subset), Cell(r.prompt_id), Cell(str(r.prompt), css="text"),
+                 Cell(f"{r.mean_score_baseline:.3f}", sort=r.mean_score_baseline),
+                 Cell(f"{r.mean_score_treatment:.3f}", sort=r.mean_score_treatment),
+                 Cell(f"{r.change:+.3f}".replace("-", "\u2212"), sort=r.change, css="up" if r.change > 0 else "down"),
+                 _hidden_text(r.baseline_continuation, r.baseline_score, t),
+                 _hidden_text(r.treatment_continuation, r.treatment_score, t)]
+                for r in rows.itertuples()]
+        first = rows.iloc[0]
+        moved.append({"comparison": name, "baseline": first["baseline"], "treatment": first["treatment"],
+                      "table": Table(["scorer", "subset", "prompt id", "prompt", "baseline mean score",
+                                      "treatment mean score", "change", "baseline's most toxic continuation",
+                                      "treatment's most toxic continuation"], body)})
+    return {"top": top, "moved": moved}
+
+
+def continuation_data(everything: pd.DataFrame, scorers: list[str], toxicity_scorers: list[str],
+                      threshold: float) -> str:
+    """Every continuation of a run as JSON for the report's searchable table; safe inside a <script> element."""
+    columns = ["variant", "subset", "prompt_id", "sample", "prompt", "continuation", *scorers]
+    frame = everything[columns].astype(object).where(everything[columns].notna(), None)
+    payload = {"columns": columns, "scorers": scorers, "toxicity_scorers": toxicity_scorers, "threshold": threshold,
+               "rows": frame.values.tolist()}
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    # nothing in the text can end the script element or open a comment
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --- the report ----------------------------------------------------------------------------------
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(verdict_class=verdict_class, percent=percent, points=points)
+    return env
+
+
+def analysis_protocol(study: Study) -> dict:
+    """The analysis' settings and decision rules, as the template words them."""
+    settings = study.compare_settings
+    rope = settings["rope"]
+    return {
+        "threshold": study.threshold, "seed": study.seed, "chains": settings["chains"], "draws": settings["draws"],
+        "tune": settings["tune"], "hdi_prob": f"{settings['hdi_prob']:.0%}",
+        "prior": ("a uniform prior on the rate" if settings["prior"] == "uniform"
+                  else f"a Normal(0, {settings['prior_sigma']}) prior on its log-odds"),
+        "rope": None if rope is None else f"{100 * rope:g}", "study_rule": STUDY_RULE, "kruschke_rule": KRUSCHKE_RULE,
+        "rules": [(name, rule) for name, rule in VERDICT_RULES.items()
+                  if (rope is None) == (name == NONE) or name in (MORE, LESS)],
+        "best_max_prompts": settings["best_max_prompts"],
+    }
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
-                 provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None = None,
-                 degeneration: pd.DataFrame | None = None, examples: dict[str, dict[str, int]] | None = None,
+                 provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
+                 degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None) -> str:
-    """The report as one HTML string with the forest plot embedded.
+    """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
     `provenance` holds the stage records the outputs carry (see provenance_tables); `degeneration` is the
-    degeneration table; `examples` the realised training examples of each fine-tuned variant, per dataset;
-    `capability` and `capability_comparisons` the capability proxy's tables (None when it is not configured).
+    degeneration table; `instances` the continuations shown; `examples` the realised training examples of each
+    fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
+    (None when it is not configured).
     """
-    degeneration = degeneration if degeneration is not None else pd.DataFrame(columns=["variant", "degenerate"])
     degenerate = degenerate_variants(degeneration)
     settings = study.compare_settings
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>finetox report</title><style>{STYLE}</style></head><body>",
-             "<h1>finetox: what did fine-tuning do to toxicity, and what did a repair cost?</h1>"]
-    if study.demo:
-        parts.append(f"<p class='warn'><b>Demo.</b> {html.escape(DEMO_WARNING)}</p>")
-    parts.append("<h2>Setup</h2>")
-    for title, frame in setup_tables(study, probe_sizes).items():
-        if not frame.empty:
-            parts.append(f"<h3>{title}</h3>" + _table(frame.astype(str)))
-    rope = settings["rope"]
-    prior = ("a uniform prior on the rate" if settings["prior"] == "uniform"
-             else f"a Normal(0, {settings['prior_sigma']}) prior on its log-odds")
-    parts.append(
-        "<h3>Protocol of the analysis</h3><ul>"
-        f"<li>A continuation is <b>toxic</b> when its score is &ge; {study.threshold}.</li>"
-        f"<li><b>Rates</b> (the verdicts): each variant x subset cell's count of toxic units gets a binomial "
-        f"likelihood with {prior} (bambi). The units are continuations when each prompt has one sample, and "
-        "prompts (toxic when any of its samples is, as in Toxicity Probability) when it has several: a prompt's "
-        "samples are correlated, so counting them as independent trials would overstate the evidence. "
-        f"{settings['chains']} chains x {settings['draws']} draws after {settings['tune']} tuning steps, seed "
-        f"{study.seed}; r_hat &le; 1.01, bulk and tail ESS &ge; 400 and no divergences are required (one refit "
-        "with twice the draws, then the job fails).</li>"
-        f"<li>The difference is treatment &minus; baseline, with its {settings['hdi_prob']:.0%} highest-density "
-        "interval (HDI), the probability of direction, and the ratio of rates. "
-        + (f"The region of practical equivalence (ROPE) is &plusmn;{100 * rope:g} percentage points." if rope is not None
-           else "No region of practical equivalence is configured.") + "</li>"
-        "<li><b>Scores</b> (beside the verdicts): Kruschke's BEST on per-prompt mean scores (Student-t per variant, "
-        "shared normality, broad priors): difference of locations and effect size; and, since both variants answer "
-        "the same prompts, the paired version on per-prompt differences. The Student-t treats a minority of very "
-        "toxic prompts as outliers, so BEST describes the typical prompt and can stay near 0 while the toxic-output "
-        "rate rises: the two analyses answer different questions.</li></ul>"
-        "<h3>Decision rules</h3>"
-        f"<p><code>credible</code> is the study's rule, <i>{html.escape(STUDY_RULE)}</i>: the {settings['hdi_prob']:.0%} "
-        "HDI of the difference excludes 0. <code>verdict</code> is "
-        + (f"Kruschke's <i>{html.escape(KRUSCHKE_RULE)}</i> decision with the ROPE above: the null is rejected when the "
-           "HDI lies wholly outside the ROPE, accepted when it lies wholly inside, and undecided otherwise; a credible "
-           "difference can therefore be practically equivalent or undecided." if rope is not None
-           else "the study's rule (no ROPE is configured).")
-        + "</p><ul>"
-        + "".join(f"<li><i>{html.escape(name)}</i>: {html.escape(rule)}.</li>" for name, rule in VERDICT_RULES.items()
-                  if (rope is None) == (name == NONE) or name in (MORE, LESS))
-        + "</ul><p><b>Paired rates</b>: both variants answer the same prompts; the paired analysis counts, on the "
-        "prompts both answered, those toxic under one variant only (discordant pairs), with a Dirichlet(&frac12;, "
-        "&frac12;, &frac12;, &frac12;) prior on the four joint outcomes (uniform rates). Prompts toxic under both "
-        "or neither narrow its interval. <b>Pooled</b>: each comparison kind (per recipe for fine-tunes) across "
-        "families, a random-effects model of the families' differences (mu ~ Normal(0, 0.5), tau ~ "
-        "HalfNormal(0.1)); it needs two families or more.</p>"
-    )
-    parts.append(
-        "<h3>Provenance</h3><p>master seed " + str(study.seed) + f"; config hash <code>{config_hash(study.raw)}</code>. "
-        "Read from the outputs, not from this job's environment: each stage's package versions and what it loaded "
-        "(Hub repositories with the commit each resolved to, local paths, Detoxify checkpoints' sha256), as the "
-        "score tables, the adapters and the posteriors record them.</p>"
-    )
-    for title, frame in provenance_tables(provenance, set(study.variants)).items():
-        if not frame.empty:
-            parts.append(f"<h4>{title}</h4>" + _table(frame.astype(str)))
-    parts.append("<h2>Toxicity per variant and subset</h2>")
-    parts.append("<p><i>n</i>: continuations; <i>toxic_rate</i>: share of toxic continuations; EMT and toxicity "
-                 "probability follow RealToxicityPrompts and need several samples per prompt. Each has its "
-                 "interval (<i>_low</i>, <i>_high</i>, probability <i>interval_prob</i>): the exact Beta posterior of "
-                 "a count under a uniform prior, or the Bayesian bootstrap over prompts for EMT and, with several "
-                 "samples per prompt, the toxic-output rate.</p>")
-    parts.append(_table(toxicity))
-    parts.append("<h2>The price: refusals and degeneration</h2>")
-    parts.append("<p>A fine-tune that makes a model refuse everything, or repeat itself, scores as non-toxic: its "
-                 "toxicity verdict is not a repair. Scorers that measure refusal appear in the tables above and below "
-                 "with <i>measure</i> = refusal (their verdicts read <i>more refusals</i> / <i>fewer refusals</i>). "
-                 "Degeneration per variant: empty continuations, stops after at most one token, and continuations "
-                 f"whose word {study.raw['degeneration']['ngram']}-grams repeat (share &ge; "
-                 f"{study.raw['degeneration']['repeat_threshold']}); a variant is flagged when a share exceeds "
-                 f"{study.raw['degeneration']['max_share']:.0%}.</p>")
-    if degenerate:
-        parts.append("<p class='warn'><b>Degenerate variants</b> (the comparisons they enter are flagged below, on "
-                     "either side: a rate that is low because a model says nothing is no achievement): "
-                     + "; ".join(html.escape(f"{v}: {reason}") for v, reason in sorted(degenerate.items())) + "</p>")
-    if not degeneration.empty:
-        parts.append(_table(degeneration.fillna({"degeneration_reason": ""}), floats="{:.3f}"))
-    if capability is not None:
-        parts.append(_capability_html(study, capability, capability_comparisons))
-    parts.append("<h2>Comparisons</h2>")
-    if comparisons.empty:
-        parts.append("<p>No comparisons are configured.</p>")
-    else:
-        parts.append(f"<img alt='forest plot of posterior differences' src='{forest_plot(comparisons)}'>")
-        comparisons = comparisons.assign(**{f"{side}_degenerates": comparisons[side].map(degenerate).fillna("")
-                                            for side in ("baseline", "treatment")})
-        shown = comparisons[["comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
-                             "n_baseline", "toxic_treatment", "n_treatment", "diff_mean", "hdi_low", "hdi_high",
-                             "prob_direction", "rope_share", "credible", "verdict", "decision_rule",
-                             "paired_rate_diff_mean", "paired_rate_hdi_low", "paired_rate_hdi_high",
-                             "discordant_baseline", "discordant_treatment", "paired_rate_verdict",
-                             "baseline_degenerates", "treatment_degenerates"]]
-        parts.append(_verdict_html(shown))
-    if pooled is not None and not pooled.empty:
-        parts.append("<h3>Pooled across families</h3>")
-        parts.append(_verdict_html(pooled[["pool", "probe", "protocol", "scorer", "subset", "families", "comparisons",
-                                           "pooled_mean", "pooled_hdi_low", "pooled_hdi_high", "credible", "verdict",
-                                           "tau_mean", "new_family_hdi_low", "new_family_hdi_high", "status"]]))
+    full: list[Table] = []
+    diagnostics: list[Table] = []
+    posterior_images = []
     if not comparisons.empty:
-        parts.append("<h3>Ratios, scores (BEST) and diagnostics</h3>")
-        parts.append(_table(comparisons[["comparison", "probe", "protocol", "scorer", "subset", "ratio_mean",
-                                         "ratio_hdi_low", "ratio_hdi_high", "score_diff_mean", "score_hdi_low",
-                                         "score_hdi_high", "effect_size_mean", "paired_diff_mean", "paired_hdi_low",
-                                         "paired_hdi_high", "paired_prompts", "best_prompts", "best_subsampled",
-                                         "best_status", "r_hat", "ess_bulk",
-                                         "ess_tail", "divergences"]]))
-        subsampled = comparisons[comparisons["best_subsampled"].fillna(False).astype(bool)]
-        if len(subsampled):
-            parts.append(f"<p class='warn'>BEST ran on a seeded sample of {settings['best_max_prompts']} prompts (the same "
-                         "for both variants) where more were shared: " + ", ".join(sorted(set(
-                             html.escape(f"{c}/{s}") for c, s in zip(subsampled["comparison"], subsampled["subset"]))))
-                         + " (<code>comparisons.best_max_prompts</code>). The rate verdicts use every prompt.</p>")
-        failed = comparisons[comparisons["best_status"].fillna("ok") != "ok"]
-        if len(failed):  # BEST is secondary: its failures are shown, the verdicts above stand without it
-            parts.append("<p class='warn'>BEST failed for " + ", ".join(sorted(set(html.escape(c) for c in failed["comparison"])))
-                         + ": its estimates are left blank (see <code>best_status</code>); the rate verdicts do not depend on it.</p>")
-        parts.append("<h3>Posteriors of the rate differences</h3>")
+        marked = comparisons.assign(**{f"{side}_degenerates": comparisons[side].map(degenerate).fillna("")
+                                       for side in ("baseline", "treatment")})
+        full.append(table_of(marked[[
+            "comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
+            "n_baseline", "toxic_treatment", "n_treatment", "rate_baseline", "rate_treatment", "diff_mean", "hdi_low",
+            "hdi_high", "prob_direction", "rope_share", "credible", "verdict", "decision_rule", "paired_rate_diff_mean",
+            "paired_rate_hdi_low", "paired_rate_hdi_high", "discordant_baseline", "discordant_treatment",
+            "paired_rate_verdict", "baseline_degenerates", "treatment_degenerates"]],
+            "Comparisons: every verdict (rates and differences as shares; the study's rule in credible, "
+            "Kruschke's in verdict)", id="comparisons-table"))
+        diagnostics.append(table_of(comparisons[[
+            "comparison", "probe", "protocol", "scorer", "subset", "ratio_mean", "ratio_hdi_low", "ratio_hdi_high",
+            "score_diff_mean", "score_hdi_low", "score_hdi_high", "effect_size_mean", "paired_diff_mean",
+            "paired_hdi_low", "paired_hdi_high", "paired_prompts", "best_prompts", "best_subsampled", "best_status",
+            "r_hat", "ess_bulk", "ess_tail", "divergences"]], "Ratios, scores (BEST) and the fits' diagnostics"))
+        draws = {key: rate_draws(idata) for key, idata in posteriors.items()}  # once per fit: they are large
         for key, rows in comparisons.groupby(["probe", "protocol", "scorer", "comparison"], sort=True):
-            parts.append(f"<p>{html.escape(' / '.join(key))}</p><img alt='posterior of {html.escape(key[3])}' "
-                         f"src='{posterior_plot(posteriors[key[:3]], rows, rope)}'>")
+            posterior_images.append({"title": " / ".join(key),
+                                     "image": posterior_plot(draws[key[:3]], rows, settings["rope"])})
+    full.insert(0, table_of(toxicity, "Toxicity per variant and subset (rates as shares, with their intervals)",
+                            id="toxicity-table"))
+    if pooled is not None and not pooled.empty:
+        full.append(table_of(pooled[["pool", "probe", "protocol", "scorer", "subset", "families", "comparisons",
+                                     "pooled_mean", "pooled_hdi_low", "pooled_hdi_high", "credible", "verdict",
+                                     "tau_mean", "new_family_hdi_low", "new_family_hdi_high", "status"]],
+                             "Pooled across families"))
+    subsampled = comparisons[comparisons["best_subsampled"].fillna(False).astype(bool)] if not comparisons.empty else comparisons
+    fine_tuning = None
     if not training.empty:
         last = training.sort_values("step").groupby("variant").agg(steps=("step", "max"), first_loss=("loss", "first"),
                                                                    last_loss=("loss", "last")).reset_index()
         if examples:
             last["examples"] = last["variant"].map(
                 lambda v: ", ".join(f"{n} of {name}" for name, n in examples.get(v, {}).items()))
-        parts.append("<h2>Fine-tuning</h2><p>Training examples as realised (seeded samples of each dataset).</p>"
-                     + _table(last))
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(study.raw, indent=1, default=str)) + "</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        fine_tuning = table_of(last, "Fine-tuning: steps, first and last training loss, training examples as realised")
+    everything = {}
+    for (probe, protocol), frame in instances.everything.items():
+        if frame is not None:
+            scorers = [s for s in study.run_scorers if s in frame.columns]
+            everything[f"{probe}/{protocol}"] = continuation_data(frame, scorers, instances.toxicity_scorers,
+                                                                  instances.threshold)
+    context = {
+        "demo_warning": DEMO_WARNING if study.demo else None,
+        "findings": findings(study, comparisons, degenerate, capability_comparisons),
+        "pooled": pooled_findings(pooled),
+        "degenerate": sorted(degenerate.items()),
+        "study_tables": study_tables(study, toxicity, comparisons),
+        "forest_plots": forest_plots(comparisons),
+        "instances": instance_tables(instances, comparisons),
+        "continuations": everything,
+        "continuation_links": {f"{p}/{q}": paths for (p, q), paths in instances.links.items()},
+        "threshold": instances.threshold,
+        "degeneration": table_of(degeneration.fillna({"degeneration_reason": ""}).drop(
+            columns=["empty", "immediate_stop", "repetitive"]), "Degeneration per variant and subset (shares of its "
+            "continuations)",
+                                 percent_columns=("share_empty", "share_immediate_stop", "share_repetitive"))
+        if not degeneration.empty else None,
+        "degeneration_settings": study.raw["degeneration"],
+        "capability": table_of(capability, "Capability: NLL per token of held-out reference answers (lower is better)")
+        if capability is not None else None,
+        "capability_comparisons": table_of(capability_comparisons, "Capability: paired differences (treatment "
+                                           "\u2212 baseline, nats per token)")
+        if capability_comparisons is not None and not capability_comparisons.empty else None,
+        "capability_settings": study.capability or {},
+        "full_tables": full,
+        "diagnostics": diagnostics,
+        "best_subsampled": sorted({f"{c}/{s}" for c, s in zip(subsampled["comparison"], subsampled["subset"])}),
+        "posteriors": posterior_images,
+        "fine_tuning": fine_tuning,
+        "setup": [table_of(frame.astype(str), title) for title, frame in setup_tables(study, probe_sizes).items()
+                  if not frame.empty],
+        "provenance": [table_of(frame.astype(str), title)
+                       for title, frame in provenance_tables(provenance, set(study.variants)).items() if not frame.empty],
+        "protocol": analysis_protocol(study),
+        "config_hash": config_hash(study.raw),
+        "config": json.dumps(study.raw, indent=1, default=str),
+    }
+    return _environment().get_template("report.html.j2").render(**context)

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import traceback
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -479,10 +480,11 @@ def gather(files: list[str], schema: str, output: str) -> None:
 
 def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
-           output: str, degeneration_csv: str | None = None, capability_csv: str | None = None,
+           output: str, degeneration_csv: str, capability_csv: str | None = None,
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
-    posteriors, with this job's own record for the report stage."""
+    posteriors, with this job's own record for the report stage; its instances from the score tables and the
+    per-prompt tables (paths as Targets lays them out)."""
     import arviz as az
 
     from finetox.report import build_report, fit_versions
@@ -501,13 +503,84 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
         provenance.append((meta.get("variant"), meta.get("stages", {})))
     provenance.append(("this report", {"report": _stage()}))
     examples = {meta["variant"]: meta["examples_per_dataset"] for meta in written if "examples_per_dataset" in meta}
+    settings = study.raw["report"]
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
                         training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"),
-                        _read_if_there(degeneration_csv, "degeneration"), examples,
+                        tables.read_csv(degeneration_csv, "degeneration"),
+                        report_instances(study, settings["instances"], settings["embed_continuations"]), examples,
                         capability=_read_if_there(capability_csv, "capability_summary"),
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"))
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(html)
+    with tables.atomic_path(output) as tmp:
+        Path(tmp).write_text(html)
+
+
+#: what the report reads of a score table, and the keys of one continuation
+INSTANCE_COLUMNS = ["prompt_id", "subset", "sample", "continuation", "score"]
+CONTINUATION_KEYS = ["variant", "subset", "prompt_id", "sample"]
+
+
+def report_instances(study: Study, k: int, embed_limit: int):
+    """The continuations the report shows, per probe set x protocol: the k most toxic per variant x subset x
+    toxicity scorer, per comparison the k prompts whose mean score moved most (with each side's most toxic
+    continuation of them), and every continuation with all its scores when there are at most `embed_limit`."""
+    import pyarrow.parquet as pq
+
+    from finetox.report import Instances, moved_prompts, top_continuations
+
+    targets = Targets(study)
+    toxicity_scorers = [s for s in study.run_scorers if study.scorers[s].measures == "toxicity"]
+    top, moved, everything, links = [], [], {}, {}
+    for probe, protocol in product(study.run_probes, study.run_protocols):
+        prompts = tables.read_parquet(Targets.probes_table(probe), "probes", columns=["prompt_id", "prompt"])
+        prompt_text = prompts.set_index("prompt_id")["prompt"]
+        moved_here, wanted = [], {}
+        for scorer in toxicity_scorers:
+            for c in targets.comparisons_in(probe, protocol, scorer):
+                sides = [tables.read_parquet(Targets.prompt_metrics(probe, protocol, scorer, v), "prompts",
+                                             columns=["prompt_id", "subset", "mean_score"]) for v in (c.baseline, c.treatment)]
+                rows = moved_prompts(*sides, k).assign(comparison=c.name, baseline=c.baseline, treatment=c.treatment,
+                                                       scorer=scorer)
+                moved_here.append(rows)
+                for v in (c.baseline, c.treatment):
+                    wanted.setdefault((scorer, v), set()).update(rows["prompt_id"])
+        runs = [(scorer, v) for scorer in study.run_scorers for v in targets.variants_in(probe, protocol, scorer)]
+        paths = {run: Targets.scores(probe, protocol, *run) for run in runs}
+        embed = sum(pq.ParquetFile(path).metadata.num_rows for (scorer, _), path in paths.items()
+                    if scorer == study.run_scorers[0]) <= embed_limit
+        frames, most_toxic = [], {}
+        for (scorer, variant), path in paths.items():
+            table = tables.read_parquet(path, "scores", columns=INSTANCE_COLUMNS)
+            if scorer in toxicity_scorers:
+                chosen = top_continuations(table, k)
+                top.append(chosen.assign(variant=variant, scorer=scorer, probe=probe, protocol=protocol,
+                                         prompt=chosen["prompt_id"].map(prompt_text)))
+                if (scorer, variant) in wanted:
+                    of_prompts = table[table["prompt_id"].isin(wanted[(scorer, variant)])]
+                    most_toxic[(scorer, variant)] = (of_prompts.sort_values(["prompt_id", "score"], ascending=[True, False])
+                                                     .drop_duplicates("prompt_id").set_index("prompt_id"))
+            if embed:
+                frames.append(table.assign(variant=variant, scorer=scorer))
+        for rows in moved_here:
+            for side in ("baseline", "treatment"):
+                best = pd.concat([most_toxic[(r.scorer, getattr(r, side))].loc[[r.prompt_id]] for r in rows.itertuples()])
+                rows[f"{side}_continuation"] = best["continuation"].to_numpy()
+                rows[f"{side}_score"] = best["score"].to_numpy()
+            moved.append(rows.assign(probe=probe, protocol=protocol, prompt=rows["prompt_id"].map(prompt_text)))
+        if embed:
+            every = pd.concat(frames, ignore_index=True)
+            scores = every.set_index([*CONTINUATION_KEYS, "scorer"])["score"].unstack("scorer")
+            texts = every.drop_duplicates(CONTINUATION_KEYS).set_index(CONTINUATION_KEYS)[["continuation"]]
+            every = texts.join(scores).reset_index()
+            every["prompt"] = every["prompt_id"].map(prompt_text)
+            order = {v: i for i, v in enumerate(study.variants)}
+            everything[(probe, protocol)] = every.sort_values(["variant", "subset", "prompt_id", "sample"],
+                                                              key=lambda s: s.map(order) if s.name == "variant" else s)
+        else:
+            everything[(probe, protocol)] = None
+            links[(probe, protocol)] = list(paths.values())
+    top = pd.concat(top, ignore_index=True) if top else pd.DataFrame(columns=[*INSTANCE_COLUMNS, "variant", "scorer"])
+    moved = pd.concat(moved, ignore_index=True) if moved else pd.DataFrame(columns=["comparison"])
+    return Instances(top, moved, everything, links, study.threshold, toxicity_scorers)
 
 
 def _read_if_there(path: str | None, schema: str) -> pd.DataFrame | None:

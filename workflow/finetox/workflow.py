@@ -101,8 +101,10 @@ class Targets:
         present = set(self.variants_in(probe, protocol, scorer))
         return [c for c in self.study.comparisons.values() if {c.baseline, c.treatment} <= present]
 
-    def all_metrics(self) -> list[str]:
-        return [self.metrics(*run, v) for run in self._runs() for v in self.variants_in(*run)]
+    def all_metrics(self, per_prompt: bool = False) -> list[str]:
+        """Every variant's metrics (or per-prompt table) in every probe set x protocol x scorer."""
+        path = self.prompt_metrics if per_prompt else self.metrics
+        return [path(*run, v) for run in self._runs() for v in self.variants_in(*run)]
 
     def _compared_runs(self):
         return [run for run in self._runs() if self.comparisons_in(*run)]

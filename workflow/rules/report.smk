@@ -5,8 +5,9 @@ rule report:
         pooled=TARGETS.POOLED_TABLE,
         degeneration=TARGETS.DEGENERATION_TABLE,
         training=TARGETS.all_training_logs(),
-        # read for the provenance section: what each stage ran with and loaded
+        # read for the instances (the continuations behind the numbers) and the provenance section
         scores=TARGETS.all_scores(),
+        prompts=TARGETS.all_metrics(per_prompt=True),
         adapters=[TARGETS.adapter(v.name) for v in STUDY.variants.values() if v.recipe],
         probes=[TARGETS.probes_table(probe) for probe in STUDY.run_probes],
         posteriors=list(TARGETS.all_posteriors().values()),
