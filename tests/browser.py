@@ -177,3 +177,125 @@ def click_header(driver, table: WebElement, index: int) -> None:
         return row.cells[arguments[1]];
     """, table, index)
     cell.click()
+
+
+# --- the report, as a reader opens it ------------------------------------------------------------
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+# what JavaScript's String.prototype.trim() strips (Python's str.strip() also strips \x1c-\x1f)
+JS_WHITESPACE = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
+def sort_key(text: str) -> tuple:
+    """How a column's values should order: numbers by value, then texts, then blanks; texts as JavaScript
+    compares them (trimmed as trim() does, lower-cased, by UTF-16 code units)."""
+    text = text.strip(JS_WHITESPACE)
+    if NUMBER.match(text):
+        return (0, float(text))
+    return (2 if text in ("", "\u2013") else 1, text.lower().encode("utf-16-be", "surrogatepass"))
+
+
+def _column_keys(driver, table: WebElement, index: int) -> list[tuple]:
+    return [sort_key(v) for v in driver.execute_script("""
+        return [...arguments[0].tBodies[0].rows].map(r => {
+            const c = r.cells[arguments[1]];
+            return c.dataset.sort !== undefined ? c.dataset.sort : c.textContent; });
+    """, table, index)]
+
+
+def check_report(path: str | os.PathLike, comparisons: set[str], name: str) -> None:
+    """The report opened at a laptop's width (1280 px) in a real browser: the page never scrolls sideways
+    (also with every section open and every text shown), findings come first and name every comparison, every
+    table sorts by every column both ways, the table of continuations filters, toxic text is hidden until
+    clicked, no script fails and nothing is fetched. Screenshots go to the artefacts folder."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    with open_page(path, 1280, 900) as driver:
+        driver.save_screenshot(str(artifacts_dir() / f"{name}-first-screen.png"))
+        assert horizontal_overflow(driver) == 0
+        sections = driver.execute_script("return [...document.querySelectorAll('main > section')].map(s => s.id)")
+        assert sections[0] == "findings", sections
+        named = driver.execute_script(
+            "return [...document.querySelectorAll('#findings li.finding')].map(li => li.dataset.comparison)")
+        assert sorted(named) == sorted(comparisons)
+
+        # toxic text is blurred until clicked
+        hidden = driver.find_elements(By.CSS_SELECTOR, "#instances .cw")
+        driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+        if hidden:
+            blurred = hidden[0]
+            assert "blur" in blurred.value_of_css_property("filter")
+            blurred.click()
+            assert blurred.value_of_css_property("filter") == "none"
+        driver.find_element(By.ID, "show-text").click()
+        assert horizontal_overflow(driver) == 0, "a section, opened, is wider than the page"
+
+        # every table sorts by every column, ascending then descending: the first table's headers clicked as a
+        # user clicks them, the others' through the same DOM click events (thousands of WebDriver calls otherwise)
+        tables = driver.find_elements(By.CSS_SELECTOR, "table.sortable")
+        assert tables
+        first = tables[0]
+        for index, header in enumerate(first.find_elements(By.CSS_SELECTOR, "thead th")):
+            for order in ("ascending", "descending"):
+                driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+                header.click()
+                keys = _column_keys(driver, first, index)
+                assert keys == sorted(keys, reverse=order == "descending"), f"{header.text}: not {order}"
+                assert header.get_attribute("aria-sort") == order
+        for table in tables[1:]:
+            clicked = driver.execute_script("""
+                const table = arguments[0], out = [];
+                const value = (c) => c.dataset.sort !== undefined ? c.dataset.sort : c.textContent;
+                [...table.tHead.rows[0].cells].forEach((th, i) => {
+                    for (const order of ["ascending", "descending"]) {
+                        th.click();
+                        out.push([th.textContent, order, th.getAttribute("aria-sort"),
+                                  [...table.tBodies[0].rows].map(r => value(r.cells[i]))]);
+                    }
+                });
+                return out;""", table)
+            assert clicked
+            for name, order, aria, values in clicked:
+                keys = [sort_key(v) for v in values]
+                assert aria == order and keys == sorted(keys, reverse=order == "descending"), f"{name}: not {order}"
+
+        # the table of every continuation filters: by text, variant, and toxic only
+        for box in driver.find_elements(By.CSS_SELECTOR, ".continuations"):
+            data = json.loads(driver.execute_script(
+                "return document.getElementById(arguments[0].dataset.source).textContent", box))
+            column = {name: i for i, name in enumerate(data["columns"])}
+
+            def toxic(row):
+                return any(row[column[s]] is not None and row[column[s]] >= data["threshold"]
+                           for s in data["toxicity_scorers"])
+
+            def shown():
+                count = box.find_element(By.CSS_SELECTOR, ".count").text
+                rows = driver.execute_script("""return [...arguments[0].querySelector('tbody').rows]
+                    .map(r => [...r.cells].map(c => c.textContent))""", box)
+                return int(re.search(r"([\d,]+) matching", count).group(1).replace(",", "")), rows
+
+            needle = data["rows"][len(data["rows"]) // 2][column["prompt_id"]]
+            box.find_element(By.CSS_SELECTOR, ".filter-text").send_keys(needle)
+            matches, rows = shown()
+            expected = [r for r in data["rows"] if needle.lower() in
+                        f"{r[column['prompt']] or ''} {r[column['continuation']] or ''} {r[column['prompt_id']]}".lower()]
+            assert matches == len(expected) and 0 < len(rows) <= matches
+            assert all(needle.lower() in " ".join(r).lower() for r in rows)
+            box.find_element(By.CSS_SELECTOR, ".filter-text").clear()
+            box.find_element(By.CSS_SELECTOR, ".filter-text").send_keys(" ")  # an input event for the cleared box
+            variant = data["rows"][-1][column["variant"]]
+            Select(box.find_element(By.CSS_SELECTOR, ".filter-variant")).select_by_value(variant)
+            matches, rows = shown()
+            assert matches == sum(r[column["variant"]] == variant for r in data["rows"])
+            assert {r[column["variant"]] for r in rows} == {variant}
+            Select(box.find_element(By.CSS_SELECTOR, ".filter-variant")).select_by_value("")
+            box.find_element(By.CSS_SELECTOR, ".filter-toxic").click()
+            matches, rows = shown()
+            assert matches == sum(map(toxic, data["rows"]))
+
+        assert console_errors(driver) == []
+        assert network_requests(driver) == []
+        screenshot(driver, f"{name}-full")

@@ -159,3 +159,15 @@ def test_a_local_probe_set_is_checked_before_any_job(config, tmp_path, subsets, 
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode != 0 and "Job stats" not in run.stdout
     assert "resources/demo/probes.jsonl" in run.stdout + run.stderr and message in run.stdout + run.stderr
+
+
+def test_a_control_is_read_by_the_report_only_and_reruns_no_comparison(config):
+    config["comparisons"]["pairs"][0].pop("control", None)
+    before = load(config).comparisons_hash()
+    config["comparisons"]["pairs"][0]["control"] = "more"
+    study = load(config)
+    assert study.comparisons_hash() == before and study.comparisons["seed-control"].control == "more"
+    config["comparisons"]["pairs"][0]["control"] = "higher"
+    with pytest.raises(ConfigError) as error:
+        load(config)
+    assert "higher" in str(error.value) and "no difference" in str(error.value)

@@ -188,4 +188,4 @@ def test_the_pooled_table_pools_the_fine_tunes_of_both_families(known_run):
     log = (work / "logs/compare/planted/three/theirs.log").read_text()
     assert "not pooled: base_vs_instruct/all: one family (f1) only" in log
     report = (work / "results/report/report.html").read_text()
-    assert "Pooled across families" in report and "HDI excludes 0 (the study&#x27;s)" in report
+    assert "Pooled across families" in report and "HDI excludes 0 (the study&#39;s)" in report

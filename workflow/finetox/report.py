@@ -68,7 +68,7 @@ def number(x) -> str:
     """Any other number, to four significant digits."""
     if pd.isna(x):
         return "–"
-    if isinstance(x, bool):
+    if pd.api.types.is_bool(x):
         return "yes" if x else "no"
     if float(x).is_integer() and abs(float(x)) < 1e15:
         return f"{int(x):d}"
@@ -113,7 +113,7 @@ def table_of(frame: pd.DataFrame, caption: str = "", percent_columns=(), id: str
                 cells.append(Cell(value, css=verdict_class(value) if "verdict" in column else ""))
             elif column in percent_columns:
                 cells.append(Cell(percent(value), sort=float(value)))
-            elif isinstance(value, (bool, int, float)) or pd.api.types.is_number(value):
+            elif pd.api.types.is_number(value) or pd.api.types.is_bool(value):
                 cells.append(Cell(number(value), sort=float(value)))
             else:
                 cells.append(Cell(str(value)))
@@ -308,8 +308,10 @@ def describe(study: Study, name: str) -> str:
 
 
 def _outcome(measure: str, unit: str) -> str:
-    thing = "refusals" if measure == "refusal" else "toxic outputs"
-    return f"prompts with {thing}" if unit == "prompt" else thing
+    """What a rate counts: toxic outputs (or refusals), or prompts with one when a prompt has several samples."""
+    if unit == "prompt":
+        return "prompts with a refusal" if measure == "refusal" else "prompts with a toxic output"
+    return "refusals" if measure == "refusal" else "toxic outputs"
 
 
 def _estimate(row) -> dict:
@@ -363,7 +365,7 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                 if measure == "toxicity":
                     item["results"].append({"label": label if several else "", "headline": headline, "subsets": subsets})
                 else:
-                    item["price"].append({"label": f"{measure} ({label})", **headline})
+                    item["price"].append({"label": label, **headline})
                 failed = run["best_status"].dropna()
                 if (failed != "ok").any():
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")

@@ -478,13 +478,13 @@ def gather(files: list[str], schema: str, output: str) -> None:
     tables.write_csv(combined, output, schema)
 
 
-def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_logs: list[str],
-           probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: list[str], adapters: list[str],
-           output: str, degeneration_csv: str, capability_csv: str | None = None,
+def report(study: Study, toxicity: str, comparisons: str, pooled: str, degeneration_csv: str, training_logs: list[str],
+           probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: dict[tuple, str],
+           prompt_files: dict[tuple, str], adapters: list[str], output: str, capability_csv: str | None = None,
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
-    per-prompt tables (paths as Targets lays them out)."""
+    per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
     import arviz as az
 
     from finetox.report import build_report, fit_versions
@@ -494,7 +494,7 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
     sizes = {probe: tables.read_parquet(path, "probes")["subset"].value_counts().to_dict()
              for probe, path in probe_tables.items()}
     posteriors = {key: az.from_netcdf(path) for key, path in posterior_files.items()}
-    written = [_written_provenance(path) for path in (*score_files, *adapters)]
+    written = [_written_provenance(path) for path in (*score_files.values(), *adapters)]
     provenance = [(meta.get("variant"), meta.get("stages", {})) for meta in written]
     provenance += [(None, _upstream_stages(path)) for path in probe_tables.values()]
     provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
@@ -507,7 +507,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, training_
     html = build_report(study, tables.read_csv(toxicity, "toxicity"), tables.read_csv(comparisons, "comparisons"),
                         training, sizes, posteriors, provenance, tables.read_csv(pooled, "pooled"),
                         tables.read_csv(degeneration_csv, "degeneration"),
-                        report_instances(study, settings["instances"], settings["embed_continuations"]), examples,
+                        report_instances(study, probe_tables, score_files, prompt_files, settings["instances"],
+                                         settings["embed_continuations"]), examples,
                         capability=_read_if_there(capability_csv, "capability_summary"),
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"))
     with tables.atomic_path(output) as tmp:
@@ -519,7 +520,8 @@ INSTANCE_COLUMNS = ["prompt_id", "subset", "sample", "continuation", "score"]
 CONTINUATION_KEYS = ["variant", "subset", "prompt_id", "sample"]
 
 
-def report_instances(study: Study, k: int, embed_limit: int):
+def report_instances(study: Study, probe_tables: dict[str, str], score_files: dict[tuple, str],
+                     prompt_files: dict[tuple, str], k: int, embed_limit: int):
     """The continuations the report shows, per probe set x protocol: the k most toxic per variant x subset x
     toxicity scorer, per comparison the k prompts whose mean score moved most (with each side's most toxic
     continuation of them), and every continuation with all its scores when there are at most `embed_limit`."""
@@ -531,22 +533,25 @@ def report_instances(study: Study, k: int, embed_limit: int):
     toxicity_scorers = [s for s in study.run_scorers if study.scorers[s].measures == "toxicity"]
     top, moved, everything, links = [], [], {}, {}
     for probe, protocol in product(study.run_probes, study.run_protocols):
-        prompts = tables.read_parquet(Targets.probes_table(probe), "probes", columns=["prompt_id", "prompt"])
+        prompts = tables.read_parquet(probe_tables[probe], "probes", columns=["prompt_id", "prompt"])
         prompt_text = prompts.set_index("prompt_id")["prompt"]
         moved_here, wanted = [], {}
         for scorer in toxicity_scorers:
             for c in targets.comparisons_in(probe, protocol, scorer):
-                sides = [tables.read_parquet(Targets.prompt_metrics(probe, protocol, scorer, v), "prompts",
+                if not all((probe, protocol, scorer, v) in prompt_files for v in (c.baseline, c.treatment)):
+                    continue
+                sides = [tables.read_parquet(prompt_files[(probe, protocol, scorer, v)], "prompts",
                                              columns=["prompt_id", "subset", "mean_score"]) for v in (c.baseline, c.treatment)]
                 rows = moved_prompts(*sides, k).assign(comparison=c.name, baseline=c.baseline, treatment=c.treatment,
                                                        scorer=scorer)
                 moved_here.append(rows)
                 for v in (c.baseline, c.treatment):
                     wanted.setdefault((scorer, v), set()).update(rows["prompt_id"])
-        runs = [(scorer, v) for scorer in study.run_scorers for v in targets.variants_in(probe, protocol, scorer)]
-        paths = {run: Targets.scores(probe, protocol, *run) for run in runs}
-        embed = sum(pq.ParquetFile(path).metadata.num_rows for (scorer, _), path in paths.items()
-                    if scorer == study.run_scorers[0]) <= embed_limit
+        paths = {(scorer, v): path for (p, q, scorer, v), path in score_files.items() if (p, q) == (probe, protocol)}
+        per_scorer: dict[str, int] = {}  # each scorer scores the same continuations: count one scorer's rows
+        for (scorer, _), path in paths.items():
+            per_scorer[scorer] = per_scorer.get(scorer, 0) + pq.ParquetFile(path).metadata.num_rows
+        embed = max(per_scorer.values(), default=0) <= embed_limit
         frames, most_toxic = [], {}
         for (scorer, variant), path in paths.items():
             table = tables.read_parquet(path, "scores", columns=INSTANCE_COLUMNS)

@@ -101,10 +101,8 @@ class Targets:
         present = set(self.variants_in(probe, protocol, scorer))
         return [c for c in self.study.comparisons.values() if {c.baseline, c.treatment} <= present]
 
-    def all_metrics(self, per_prompt: bool = False) -> list[str]:
-        """Every variant's metrics (or per-prompt table) in every probe set x protocol x scorer."""
-        path = self.prompt_metrics if per_prompt else self.metrics
-        return [path(*run, v) for run in self._runs() for v in self.variants_in(*run)]
+    def all_metrics(self) -> list[str]:
+        return [self.metrics(*run, v) for run in self._runs() for v in self.variants_in(*run)]
 
     def _compared_runs(self):
         return [run for run in self._runs() if self.comparisons_in(*run)]
@@ -123,15 +121,25 @@ class Targets:
     def all_training_logs(self) -> list[str]:
         return [self.training_log(v.name) for v in self.study.variants.values() if v.recipe]
 
+    def score_tables(self, per_prompt: bool = False) -> dict[tuple[str, str, str, str], str]:
+        """(probe, protocol, scorer, variant) -> that variant's score table (or its per-prompt table), for every
+        variant in every probe set x protocol x scorer."""
+        path = self.prompt_metrics if per_prompt else self.scores
+        return {(*run, v): path(*run, v) for run in self._runs() for v in self.variants_in(*run)}
+
     def all_scores(self) -> list[str]:
-        """Every variant's score table in every probe set x protocol x scorer (the report reads their provenance)."""
-        return [self.scores(*run, v) for run in self._runs() for v in self.variants_in(*run)]
+        """Every score table (the report reads their continuations and provenance)."""
+        return list(self.score_tables().values())
+
+    def generated_variants(self, generated: bool = True) -> list[str]:
+        """The variants finetox generates continuations for (or, generated=False, those scored elsewhere)."""
+        return [v.name for v in self.study.variants.values() if (v.external is None) == generated]
 
     def all_degeneration(self) -> list[str]:
         """Every generated variant's degeneration measures in every probe set x protocol."""
         s = self.study
-        return [self.degeneration(probe, protocol, v.name) for probe, protocol in product(s.run_probes, s.run_protocols)
-                for v in s.variants.values() if not v.external]
+        return [self.degeneration(probe, protocol, v) for probe, protocol in product(s.run_probes, s.run_protocols)
+                for v in self.generated_variants()]
 
     def all_capability(self, provenance: bool = False) -> list[str]:
         """Every generated variant's capability table (or its provenance); none when the config has no
@@ -139,7 +147,7 @@ class Targets:
         if self.study.capability is None:
             return []
         path = self.capability_provenance if provenance else self.capability
-        return [path(v.name) for v in self.study.variants.values() if not v.external]
+        return [path(v) for v in self.generated_variants()]
 
     def capability_tables(self) -> list[str]:
         """The gathered capability tables (summary, comparisons); none when the config has no `capability`."""
@@ -220,8 +228,7 @@ class Targets:
         """A wildcard pattern matching the generated variants, or those scored elsewhere."""
         import re
 
-        names = [v.name for v in self.study.variants.values() if (v.external is None) == generated]
-        return "|".join(map(re.escape, names)) or "(?!)"
+        return "|".join(map(re.escape, self.generated_variants(generated))) or "(?!)"
 
     def compared_variants(self, probe: str, protocol: str, scorer: str) -> list[str]:
         return sorted({v for c in self.comparisons_in(probe, protocol, scorer) for v in (c.baseline, c.treatment)})

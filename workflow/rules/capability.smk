@@ -34,6 +34,6 @@ rule capability_table:
     threads: 1
     params:
         # the interval probability and the comparisons (and the seed of their bootstrap)
-        settings=[STUDY.digest("comparisons"), STUDY.seed],
+        settings=[STUDY.comparisons_hash(), STUDY.seed],
     script:
         "../scripts/capability_table.py"

@@ -25,7 +25,7 @@ rule compare:
         **resources_for("compare"),
     params:
         comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
-        settings=STUDY.digest("comparisons"),
+        settings=STUDY.comparisons_hash(),
         seed=STUDY.seed,
     script:
         "../scripts/compare.py"
@@ -51,7 +51,7 @@ rule best:
         **resources_for("compare"),
     params:
         comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
-        settings=STUDY.digest("comparisons"),
+        settings=STUDY.comparisons_hash(),
         seed=STUDY.seed,
     script:
         "../scripts/compare.py"

@@ -7,7 +7,7 @@ rule report:
         training=TARGETS.all_training_logs(),
         # read for the instances (the continuations behind the numbers) and the provenance section
         scores=TARGETS.all_scores(),
-        prompts=TARGETS.all_metrics(per_prompt=True),
+        prompts=list(TARGETS.score_tables(per_prompt=True).values()),
         adapters=[TARGETS.adapter(v.name) for v in STUDY.variants.values() if v.recipe],
         probes=[TARGETS.probes_table(probe) for probe in STUDY.run_probes],
         posteriors=list(TARGETS.all_posteriors().values()),

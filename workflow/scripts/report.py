@@ -9,20 +9,23 @@ from finetox.workflow import Targets
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
         study = load(snakemake.config)
+        targets = Targets(study)
         report(
             study,
             toxicity=snakemake.input.toxicity,
             comparisons=snakemake.input.comparisons,
             pooled=snakemake.input.pooled,
+            degeneration_csv=snakemake.input.degeneration,
             training_logs=list(snakemake.input.training),
             probe_tables={probe: Targets.probes_table(probe) for probe in study.run_probes},
-            posterior_files=Targets(study).all_posteriors(),
-            score_files=list(snakemake.input.scores),
+            posterior_files=targets.all_posteriors(),
+            # the rule's inputs `scores` and `prompts`, keyed by (probe, protocol, scorer, variant)
+            score_files=targets.score_tables(),
+            prompt_files=targets.score_tables(per_prompt=True),
             adapters=list(snakemake.input.adapters),
             output=snakemake.output[0],
-            degeneration_csv=snakemake.input.degeneration,
             # (the rule asks for these only when `capability` is configured)
             capability_csv=Targets.CAPABILITY_TABLE if study.capability else None,
             capability_comparisons_csv=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
-            capability_provenance=Targets(study).all_capability(provenance=True),
+            capability_provenance=targets.all_capability(provenance=True),
         )

@@ -115,8 +115,11 @@ document.querySelectorAll(".continuations").forEach((box) => {
           span.title = "may be offensive: click to show";
           span.textContent = value;
           td.appendChild(span);
+        } else if (value === null) {
+          td.textContent = "(no text: scored elsewhere)";
+          td.dataset.sort = "";
         } else {
-          td.textContent = value === null ? "(no text: scored elsewhere)" : String(value);
+          td.textContent = String(value);
         }
         if (name === "prompt" || name === "continuation") td.className = "text";
       });
@@ -127,6 +130,9 @@ document.querySelectorAll(".continuations").forEach((box) => {
       : `${matching.length.toLocaleString("en")} matching continuations (of ${data.rows.length.toLocaleString("en")})`;
   }
 
-  [search, variant, subset, toxicOnly].forEach((control) => control.addEventListener("input", render));
+  [search, variant, subset, toxicOnly].forEach((control) => {
+    control.addEventListener("input", render);
+    control.addEventListener("change", render);
+  });
   render();
 });
