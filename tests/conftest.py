@@ -87,3 +87,30 @@ def rude_adapter(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clean_adapter(tiny_models, tmp_path_factory) -> Path:
     return train_demo_adapter("demo-instruct-clean", tiny_models["instruct"], tmp_path_factory.mktemp("clean") / "adapter", 1)
+
+
+def run_external_study(work: Path, roles: dict[str, tuple[str, str]], subsets, samples: int, comparisons: dict,
+                       seed: int, probe: str, protocol: str) -> None:
+    """Snakemake through a study of variants scored elsewhere: `roles` maps each variant to its (family, role)
+    and its score table <work>/<variant>.csv; the prompts are <work>/probes.jsonl (`id`, `text`, `group`), one
+    subset per group; one protocol of `samples` samples per prompt and one offline scorer, `theirs`."""
+    import subprocess
+
+    variants = {name: {"family": family, "role": role, "scores": {
+        "path": str(work / f"{name}.csv"), "probe": probe, "protocol": protocol, "scorer": "theirs"}}
+        for name, (family, role) in roles.items()}
+    config = {
+        "seed": seed,
+        "models": {"unused": {"hub": "example/unused"}},
+        "variants": variants,
+        "probes": {probe: {"path": str(work / "probes.jsonl"), "columns": {"id": "id", "prompt": "text"},
+                           "subsets": {s: [{"column": "group", "op": "==", "value": s}] for s in subsets}}},
+        "protocols": {protocol: {"samples": samples, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}},
+        "scorers": {"theirs": {"type": "offline"}},
+        "run": {"probes": [probe], "protocols": [protocol], "scorers": ["theirs"]},
+        "comparisons": comparisons,
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(work / "config.yaml"),
+                          "-d", str(work)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]

@@ -5,16 +5,13 @@ numbers computed here by hand: counts and means with numpy, posteriors from thei
 forms (uniform priors, the default), HDIs by brute force."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats
 
-from conftest import REPO
+from conftest import run_external_study
 
 SUBSETS = ("s1", "s2", "s3")
 PROMPTS = 40  # per subset
@@ -65,27 +62,12 @@ def known_run(tmp_path_factory):
     rng = np.random.default_rng(2024)
     probes = [{"id": f"{s}-{i:03d}", "text": f"Prompt {i} of {s}:", "group": s} for s in SUBSETS for i in range(PROMPTS)]
     (work / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    planted, variants = {}, {}
-    for name, (family, role) in ROLES.items():
+    planted = {}
+    for name in ROLES:
         planted[name] = planted_scores(name, rng)
         planted[name].to_csv(work / f"{name}.csv", index=False)
-        variants[name] = {"family": family, "role": role, "scores": {
-            "path": str(work / f"{name}.csv"), "probe": "planted", "protocol": "three", "scorer": "theirs"}}
-    config = {
-        "seed": 99,
-        "models": {"unused": {"hub": "example/unused"}},
-        "variants": variants,
-        "probes": {"planted": {"path": str(work / "probes.jsonl"), "columns": {"id": "id", "prompt": "text"},
-                               "subsets": {s: [{"column": "group", "op": "==", "value": s}] for s in SUBSETS}}},
-        "protocols": {"three": {"samples": SAMPLES, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}},
-        "scorers": {"theirs": {"type": "offline"}},
-        "run": {"probes": ["planted"], "protocols": ["three"], "scorers": ["theirs"]},
-        "comparisons": {"rope": None, "best": False, "draws": 2000, "chains": 2},
-    }
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(work / "config.yaml"),
-                          "-d", str(work)], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    run_external_study(work, ROLES, SUBSETS, SAMPLES, {"rope": None, "best": False, "draws": 2000, "chains": 2},
+                       seed=99, probe="planted", protocol="three")
     tables = {name: pd.read_csv(work / f"results/tables/{name}.csv", keep_default_na=False, na_values=[""])
               for name in ("toxicity", "comparisons", "pooled")}
     return planted, tables, work

@@ -4,16 +4,13 @@ its report opened in a real headless browser. The demo's report gets the same br
 test_workflow.py."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from browser import check_report, open_page
-from conftest import REPO
+from conftest import run_external_study
 
 from finetox.report import CONTROLS, continuation_data, moved_prompts, percent, points, top_continuations
 
@@ -72,31 +69,13 @@ def many_variants(tmp_path_factory):
     rng = np.random.default_rng(7)
     probes = [{"id": f"{s}-{i:02d}", "text": f"Prompt {i} of the {s} set", "group": s} for s in SUBSETS for i in range(20)]
     (work / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    variants = {}
-    roles = {"base": 0.05, "instruct": 0.02, "finetuned": 0.3, "community": 0.1}
-    for family in FAMILIES:
-        for role, share in roles.items():
-            name = f"{family}-{role}"
-            planted(rng, share, name).to_csv(work / f"{name}.csv", index=False)
-            variants[name] = {"family": family, "role": role, "scores": {
-                "path": str(work / f"{name}.csv"), "probe": "synthetic", "protocol": "two", "scorer": "theirs"}}
-    config = {
-        "seed": 5,
-        "models": {"unused": {"hub": "example/unused"}},
-        "variants": variants,
-        "probes": {"synthetic": {"path": str(work / "probes.jsonl"), "columns": {"id": "id", "prompt": "text"},
-                                 "subsets": {s: [{"column": "group", "op": "==", "value": s}] for s in SUBSETS}}},
-        "protocols": {"two": {"samples": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}},
-        "scorers": {"theirs": {"type": "offline"}},
-        "run": {"probes": ["synthetic"], "protocols": ["two"], "scorers": ["theirs"]},
-        "comparisons": {"best": False, "draws": 500, "chains": 2, "pairs": [
-            {"name": "instruct-control", "baseline": f"{FAMILIES[1]}-instruct",
-             "treatment": f"{FAMILIES[2]}-instruct", "control": "no difference"}]},
-    }
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(work / "config.yaml"),
-                          "-d", str(work)], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    shares = {"base": 0.05, "instruct": 0.02, "finetuned": 0.3, "community": 0.1}
+    roles = {f"{family}-{role}": (family, role) for family in FAMILIES for role in shares}
+    for name, (_, role) in roles.items():
+        planted(rng, shares[role], name).to_csv(work / f"{name}.csv", index=False)
+    run_external_study(work, roles, SUBSETS, 2, {"best": False, "draws": 500, "chains": 2, "pairs": [
+        {"name": "instruct-control", "baseline": f"{FAMILIES[1]}-instruct", "treatment": f"{FAMILIES[2]}-instruct",
+         "control": "no difference"}]}, seed=5, probe="synthetic", protocol="two")
     return work
 
 
@@ -128,3 +107,25 @@ def test_the_report_names_controls_and_pools_the_families(many_variants):
     for kind in ("Instruction tuning", "Fine-tuning", "Community fine-tunes", "Pairs declared in the config"):
         assert f"<figcaption>{kind}" in html
     assert html.count("<th scope=\"col\">Total (all)</th>") == 4
+
+
+def test_past_the_embedding_limit_the_report_links_to_the_score_tables(many_variants, monkeypatch):
+    import yaml
+
+    from finetox.config import load
+    from finetox.stages import report_instances
+    from finetox.workflow import Targets
+
+    monkeypatch.chdir(many_variants)
+    study = load(yaml.safe_load((many_variants / "config.yaml").read_text()))
+    targets = Targets(study)
+    probes = {"synthetic": Targets.probes_table("synthetic")}
+    args = (study, probes, targets.score_tables(), targets.score_tables(per_prompt=True), 2)
+    small = report_instances(*args, embed_limit=12 * 120)  # 12 variants x 60 prompts x 2 samples: embedded
+    assert len(small.everything[("synthetic", "two")]) == 12 * 120 and not small.links
+    large = report_instances(*args, embed_limit=12 * 120 - 1)
+    assert large.everything[("synthetic", "two")] is None
+    assert sorted(large.links[("synthetic", "two")]) == sorted(targets.all_scores())
+    # the same instances either way: 2 per variant x subset, 2 prompts per comparison
+    assert len(large.top) == 12 * 3 * 2 and len(large.moved) == 10 * 2
+    assert large.moved["treatment_continuation"].notna().all()
