@@ -436,7 +436,7 @@ def study_tables(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
             what = "refusal rate" if run.measure == "refusal" else "toxic-output rate"
             out[run.measure].append(Table(["variant", "what it is", *("Total (all)" if s == "all" else s for s in subsets)], rows,
                              f"{KINDS[kind]}: {what} (scorer {run.scorer}, probe set {run.probe}, protocol "
-                             f"{run.protocol}), share of continuations with its {int(100 * rates['interval_prob'].iloc[0])}% "
+                             f"{run.protocol}), share of continuations with its {round(100 * rates['interval_prob'].iloc[0])}% "
                              "interval"))
     return out
 
