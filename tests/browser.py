@@ -257,15 +257,15 @@ def check_report(path: str | os.PathLike, comparisons: set[str], name: str) -> N
                 });
                 return out;""", table)
             assert clicked
-            for name, order, aria, values in clicked:
+            for title, order, aria, values in clicked:
                 keys = [sort_key(v) for v in values]
-                assert aria == order and keys == sorted(keys, reverse=order == "descending"), f"{name}: not {order}"
+                assert aria == order and keys == sorted(keys, reverse=order == "descending"), f"{title}: not {order}"
 
         # the table of every continuation filters: by text, variant, and toxic only
         for box in driver.find_elements(By.CSS_SELECTOR, ".continuations"):
             data = json.loads(driver.execute_script(
                 "return document.getElementById(arguments[0].dataset.source).textContent", box))
-            column = {name: i for i, name in enumerate(data["columns"])}
+            column = {key: i for i, key in enumerate(data["columns"])}
 
             def toxic(row):
                 return any(row[column[s]] is not None and row[column[s]] >= data["threshold"]
