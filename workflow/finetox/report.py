@@ -578,7 +578,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     diagnostics: list[Table] = []
     posterior_images = []
     if not comparisons.empty:
-        marked = comparisons.assign(**{f"{side}_degenerates": comparisons[side].map(degenerate).fillna("")
+        # whether a side degenerates (why: in the degeneration table and the findings)
+        marked = comparisons.assign(**{f"{side}_degenerates": comparisons[side].isin(list(degenerate))
                                        for side in ("baseline", "treatment")})
         full.append(table_of(marked[[
             "comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
