@@ -381,7 +381,8 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                                          "measure of a safe model")
             if c.control:
                 verdicts = list(rows.loc[rows["measure"] == "toxicity", "verdict"])
-                item["control"] = {"expected": c.control, "held": bool(verdicts) and CONTROLS[c.control](verdicts)}
+                # None: no toxicity scorer ran, nothing to check
+                item["control"] = {"expected": c.control, "held": CONTROLS[c.control](verdicts) if verdicts else None}
             items.append(item)
         if items:
             groups.append({"kind": kind, "title": title, "items": items})
@@ -401,7 +402,7 @@ def pooled_findings(pooled: pd.DataFrame | None) -> list[dict]:
                     "status": row["status"], "diff": points(row["pooled_mean"]),
                     "hdi": f"[{points(row['pooled_hdi_low'])}, {points(row['pooled_hdi_high'])}]",
                     "verdict": row["verdict"], "css": verdict_class(row["verdict"]),
-                    "outcome": _outcome(row["measure"], "continuation")})
+                    "outcome": "refusal rate" if row["measure"] == "refusal" else "toxic-output rate"})
     return out
 
 
