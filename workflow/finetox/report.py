@@ -5,17 +5,16 @@ numbers, then the full tables, diagnostics, setup and provenance. Rendered with 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from finetox.compare import (EQUIVALENT, KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, UNDECIDED, VERDICT_RULES,
-                             WORDING, rate_draws)
+from finetox.compare import KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, VERDICT_RULES, WORDING, rate_draws
 from finetox.config import Study, config_hash
+from finetox.helpfulness import BETTER, WORSE
 from finetox.hub import is_commit
 from finetox.tables import PACKAGES
 
@@ -38,8 +37,8 @@ KINDS = {
 }
 
 # verdicts (in any measure's words) -> the colour class they are shown in
-_UP = {MORE, *(w[MORE] for w in WORDING.values() if MORE in w), "higher NLL (worse)"}
-_DOWN = {LESS, *(w[LESS] for w in WORDING.values() if LESS in w), "lower NLL (better)"}
+_UP = {MORE, *(w[MORE] for w in WORDING.values() if MORE in w), WORSE}
+_DOWN = {LESS, *(w[LESS] for w in WORDING.values() if LESS in w), BETTER}
 
 
 def verdict_class(verdict) -> str:
@@ -55,13 +54,17 @@ def percent(x) -> str:
     return "0%" if value == 0 else f"{value:.1f}%" if abs(value) >= 1 else f"{value:.2f}%"
 
 
+def signed(x, digits: int = 2) -> str:
+    """A signed number with a typographic minus: +0.20, \u22123.35."""
+    return f"{x:+.{digits}f}".replace("-", "\u2212")
+
+
 def points(x) -> str:
     """A rate difference in signed percentage points: +13.1, −0.04."""
     if pd.isna(x):
         return "–"
     value = 100 * float(x)
-    text = f"{value:+.1f}" if abs(value) >= 0.1 or value == 0 else f"{value:+.2f}"
-    return text.replace("-", "\u2212")
+    return signed(value, 1 if abs(value) >= 0.1 or value == 0 else 2)
 
 
 def number(x) -> str:
@@ -97,7 +100,6 @@ class Table:
     rows: list[list[Cell]]
     caption: str = ""
     id: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def table_of(frame: pd.DataFrame, caption: str = "", percent_columns=(), id: str = "") -> Table:
@@ -293,8 +295,6 @@ def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:
             for variant, rows in flagged.groupby("variant", sort=True)}
 
 
-
-
 # --- findings: one line per comparison, from its verdicts -------------------------------------
 def describe(study: Study, name: str) -> str:
     """What a variant is, in words: its recipes in the order they were applied, or where it comes from."""
@@ -319,8 +319,7 @@ def _estimate(row) -> dict:
     return {"subset": row["subset"], "baseline": percent(row["toxic_baseline"] / row["n_baseline"]),
             "treatment": percent(row["toxic_treatment"] / row["n_treatment"]), "diff": points(row["diff_mean"]),
             "hdi": f"[{points(row['hdi_low'])}, {points(row['hdi_high'])}]", "verdict": row["verdict"],
-            "css": verdict_class(row["verdict"]), "credible": bool(row["credible"]) if not pd.isna(row["credible"]) else False,
-            "outcome": _outcome(row["measure"], row["unit"])}
+            "css": verdict_class(row["verdict"]), "outcome": _outcome(row["measure"], row["unit"])}
 
 
 def _headline(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
@@ -356,7 +355,7 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
             if rows.empty:
                 continue
             item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
-                    "treatment_is": describe(study, c.treatment), "baseline_is": describe(study, c.baseline),
+                    "treatment_is": describe(study, c.treatment),
                     "results": [], "price": [], "flags": [], "control": None, "capability": None}
             for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
                                                                          sort=True):
@@ -371,8 +370,7 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
             if capability is not None and c.name in capability.index:
                 row = capability.loc[c.name]
-                item["capability"] = {"diff": f"{row['diff']:+.2f}".replace("-", "\u2212"),
-                                      "hdi": f"[{row['hdi_low']:+.2f}, {row['hdi_high']:+.2f}]".replace("-", "\u2212"),
+                item["capability"] = {"diff": signed(row["diff"]), "hdi": f"[{signed(row['hdi_low'])}, {signed(row['hdi_high'])}]",
                                       "verdict": row["verdict"], "css": verdict_class(row["verdict"])}
             for side in ("baseline", "treatment"):
                 variant = getattr(c, side)
@@ -495,7 +493,7 @@ def _hidden_text(text, score, threshold) -> Cell:
     return Cell(str(text), hidden=bool(score >= threshold), css="text")
 
 
-def instance_tables(instances: Instances, comparisons: pd.DataFrame) -> dict[str, list[dict]]:
+def instance_tables(instances: Instances) -> dict[str, list[dict]]:
     """The instance tables: per variant, its most toxic continuations; per comparison, the prompts that moved."""
     t = instances.threshold
     top = []
@@ -510,7 +508,7 @@ def instance_tables(instances: Instances, comparisons: pd.DataFrame) -> dict[str
         body = [[Cell(r.scorer), Cell(r.subset), Cell(r.prompt_id), Cell(str(r.prompt), css="text"),
                  Cell(f"{r.mean_score_baseline:.3f}", sort=r.mean_score_baseline),
                  Cell(f"{r.mean_score_treatment:.3f}", sort=r.mean_score_treatment),
-                 Cell(f"{r.change:+.3f}".replace("-", "\u2212"), sort=r.change, css="up" if r.change > 0 else "down"),
+                 Cell(signed(r.change, 3), sort=r.change, css="up" if r.change > 0 else "down"),
                  _hidden_text(r.baseline_continuation, r.baseline_score, t),
                  _hidden_text(r.treatment_continuation, r.treatment_score, t)]
                 for r in rows.itertuples()]
@@ -628,7 +626,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         "degenerate": sorted(degenerate.items()),
         "study_tables": study_tables(study, toxicity, comparisons),
         "forest_plots": forest_plots(comparisons),
-        "instances": instance_tables(instances, comparisons),
+        "instances": instance_tables(instances),
         "continuations": everything,
         "continuation_links": {f"{p}/{q}": paths for (p, q), paths in instances.links.items()},
         "threshold": instances.threshold,

@@ -532,6 +532,13 @@ def report_instances(study: Study, probe_tables: dict[str, str], score_files: di
     targets = Targets(study)
     toxicity_scorers = [s for s in study.run_scorers if study.scorers[s].measures == "toxicity"]
     top, moved, everything, links = [], [], {}, {}
+    read = {}  # a per-prompt table enters several comparisons: read it once
+
+    def per_prompt(path):
+        if path not in read:
+            read[path] = tables.read_parquet(path, "prompts", columns=["prompt_id", "subset", "mean_score"])
+        return read[path]
+
     for probe, protocol in product(study.run_probes, study.run_protocols):
         prompts = tables.read_parquet(probe_tables[probe], "probes", columns=["prompt_id", "prompt"])
         prompt_text = prompts.set_index("prompt_id")["prompt"]
@@ -540,8 +547,7 @@ def report_instances(study: Study, probe_tables: dict[str, str], score_files: di
             for c in targets.comparisons_in(probe, protocol, scorer):
                 if not all((probe, protocol, scorer, v) in prompt_files for v in (c.baseline, c.treatment)):
                     continue
-                sides = [tables.read_parquet(prompt_files[(probe, protocol, scorer, v)], "prompts",
-                                             columns=["prompt_id", "subset", "mean_score"]) for v in (c.baseline, c.treatment)]
+                sides = [per_prompt(prompt_files[(probe, protocol, scorer, v)]) for v in (c.baseline, c.treatment)]
                 rows = moved_prompts(*sides, k).assign(comparison=c.name, baseline=c.baseline, treatment=c.treatment,
                                                        scorer=scorer)
                 moved_here.append(rows)
