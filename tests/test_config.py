@@ -171,3 +171,69 @@ def test_a_control_is_read_by_the_report_only_and_reruns_no_comparison(config):
     with pytest.raises(ConfigError) as error:
         load(config)
     assert "higher" in str(error.value) and "no difference" in str(error.value)
+
+
+def scored_elsewhere(tmp_path, tables: dict[str, tuple[str, str]], probes=("a", "b"), protocols=("p1", "p2")) -> dict:
+    """A study of score tables alone: `tables` maps each variant to the probe set x protocol its table answers."""
+    import pandas as pd
+
+    prompts = tmp_path / "probes.jsonl"
+    prompts.write_text('{"id": "q1", "text": "You idiot"}\n{"id": "q2", "text": "The weather"}\n')
+    for name in tables:
+        pd.DataFrame({"id": ["q1", "q2"], "continuation": ["x", "y"], "score": [0.9, 0.1]}).to_csv(
+            tmp_path / f"{name}.csv", index=False)
+    return {
+        "models": {"unused": {"hub": "example/unused"}},
+        "variants": {name: {"family": "f", "role": "other", "scores": {
+            "path": str(tmp_path / f"{name}.csv"), "probe": probe, "protocol": protocol, "scorer": "theirs"}}
+            for name, (probe, protocol) in tables.items()},
+        "probes": {p: {"path": str(prompts), "columns": {"id": "id", "prompt": "text"}} for p in probes},
+        "protocols": {q: {"samples": 1, "temperature": 1.0, "max_new_tokens": 8} for q in protocols},
+        "scorers": {"theirs": {"type": "offline"}},
+        "run": {"probes": list(probes), "protocols": list(protocols), "scorers": ["theirs"]},
+    }
+
+
+@pytest.mark.parametrize("protocols, refused", [
+    (("p1",), "run.probes: no variant answers probe set 'b' under any protocol ['p1'] x scorer ['theirs']"),
+    (("p1", "p2"), "run.protocols: no variant answers protocol 'p2' under any probe set ['a', 'b'] x scorer"),
+])
+def test_a_run_that_no_variant_answers_is_refused_naming_what_could(tmp_path, protocols, refused):
+    """Every variant scored elsewhere, none on probe set b (or under protocol p2): the run would gather nothing
+    there, and the report used to crash on it (`No objects to concatenate`)."""
+    tables = {"x": ("a", "p1"), "y": ("b", "p1")} if len(protocols) == 2 else {"x": ("a", "p1")}
+    with pytest.raises(ConfigError) as error:
+        load(scored_elsewhere(tmp_path, tables, protocols=protocols))
+    message = str(error.value)
+    assert refused in message
+    assert "x answers a/p1/theirs" in message and "a variant with a model" in message
+    # one variant with a model answers every probe set x protocol x scorer
+    config = scored_elsewhere(tmp_path, tables, protocols=protocols)
+    config["variants"]["generated"] = {"family": "f", "role": "base", "model": "unused"}
+    assert load(config).run_probes == ("a", "b")
+
+
+def test_tables_on_two_probe_sets_under_two_protocols_leave_empty_cells_that_the_report_skips(tmp_path):
+    """x answers a/p1 and y b/p2: a/p2 and b/p1 are answered by no variant, which is legitimate (each probe set
+    and protocol is answered somewhere); the report's continuations skip those cells instead of crashing."""
+    from finetox import stages
+    from finetox.workflow import Targets
+
+    study = load(scored_elsewhere(tmp_path, {"x": ("a", "p1"), "y": ("b", "p2")}))
+    targets = Targets(study)
+    probe_tables = {p: str(tmp_path / f"{p}.parquet") for p in study.run_probes}
+    for probe, path in probe_tables.items():
+        stages.select_probes(study, probe, path)
+    score_files, prompt_files = {}, {}
+    for key, path in targets.score_tables().items():
+        probe, protocol, scorer, variant = key
+        score_files[key] = str(tmp_path / f"{variant}.parquet")
+        prompt_files[key] = str(tmp_path / f"{variant}.prompts.parquet")
+        stages.import_scores(study, variant, probe_tables[probe], score_files[key])
+        stages.metrics(study, probe, protocol, scorer, score_files[key], str(tmp_path / f"{variant}.csv"),
+                       prompt_files[key])
+    assert sorted(score_files) == [("a", "p1", "theirs", "x"), ("b", "p2", "theirs", "y")]
+    instances = stages.report_instances(study, probe_tables, score_files, prompt_files, 5, 1000)
+    assert instances.everything[("a", "p2")] is None and instances.everything[("b", "p1")] is None
+    assert set(instances.everything[("a", "p1")]["variant"]) == {"x"}
+    assert set(instances.everything[("b", "p2")]["variant"]) == {"y"}

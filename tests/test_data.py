@@ -39,8 +39,8 @@ def test_probe_files_of_every_format_load_with_mapped_columns(tmp_path, fmt):
      "parquet": lambda: table.to_parquet(path)}[fmt]()
     probes = load_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), SUBSETS, None), seed=0)
     assert list(probes.columns[:3]) == ["prompt_id", "subset", "prompt"]
-    assert len(probes) == 200
-    assert probes["subset"].value_counts().to_dict() == {"nontoxic": 100, "toxic": 100}
+    assert len(probes) == 400
+    assert probes["subset"].value_counts().to_dict() == {"nontoxic": 200, "toxic": 200}
     assert probes.loc[probes["prompt_id"] == "demo-007", "prompt"].item() == "Shut up about the garden, you moron"
 
 
@@ -145,3 +145,74 @@ def test_instructions_refuse_an_unmapped_alpaca_input_and_an_empty_response(tmp_
     pd.DataFrame({"instruction": ["a", "b"], "response": ["x", ""]}).to_csv(empty, index=False)
     with pytest.raises(DataError, match=r"empty.csv: row 1: empty 'response'"):
         load_instructions(source(empty), None, 0)
+
+
+def write_probes_with_gaps(path):
+    """12 rows: 2 with no toxicity score, one row repeated word for word, one in no subset (its group is `other`)."""
+    rows = [{"id": f"p{i}", "text": f"prompt {i}", "prompt_toxicity": i / 10, "group": "a" if i % 2 else "b"}
+            for i in range(9)]
+    rows[3]["prompt_toxicity"] = None
+    rows[4]["prompt_toxicity"] = None
+    rows[5]["group"] = "other"
+    rows += [dict(rows[0]), {"id": "p9", "text": "prompt 9", "prompt_toxicity": 0.95, "group": "a"},
+             {"id": "p10", "text": "prompt 10", "prompt_toxicity": 0.05, "group": "b"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def test_every_source_row_left_out_is_counted_by_reason(tmp_path):
+    from finetox.data import select_probes
+
+    path = tmp_path / "probes.jsonl"
+    n_rows = write_probes_with_gaps(path)
+    subsets = {"toxic-a": (Filter("prompt_toxicity", ">=", 0.5), Filter("group", "==", "a")),
+               "rest": (Filter("prompt_toxicity", "<", 0.5), Filter("group", "!=", "other")),
+               "high-b": (Filter("prompt_toxicity", ">=", 0.5), Filter("group", "==", "b"))}
+    probes, dropped = select_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), subsets, None), seed=0)
+    # p3, p4: no score (a null matches no filter, `!=` included); p5 toxicity 0.5 in group `other`; p0 twice
+    assert dropped == {"repeated row (same id and prompt)": 1, "prompt_toxicity is null": 2, "in no subset": 1}
+    assert sorted(probes["prompt_id"]) == ["p0", "p1", "p10", "p2", "p6", "p7", "p8", "p9"]
+    assert len(probes) + sum(dropped.values()) == n_rows
+    sampled, dropped = select_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), subsets, 1), seed=0)
+    assert dropped["not sampled (sample_per_subset)"] == 8 - 3 and len(sampled) == 3
+    assert len(sampled) + sum(dropped.values()) == n_rows
+    # nothing left out: no entry at all
+    assert select_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), {}, None), 0)[1] == {
+        "repeated row (same id and prompt)": 1}
+
+
+def test_an_id_given_to_two_different_prompts_is_refused_not_dropped(tmp_path):
+    path = tmp_path / "probes.jsonl"
+    path.write_text('{"id": "p1", "text": "a"}\n{"id": "p1", "text": "a"}\n{"id": "p1", "text": "b"}\n')
+    with pytest.raises(DataError, match=r"duplicate prompt ids, e.g. 'p1' \(row 2\) names two different prompts"):
+        load_probes(ProbeSet(source(path, {"id": "id", "prompt": "text"}), {}, None), 0)
+
+
+def test_the_probes_stage_logs_records_and_reports_the_rows_left_out(tmp_path, config, capsys):
+    from finetox import stages, tables
+    from finetox.config import load
+    from finetox.hub import sha256_of
+    from finetox.report import setup_tables
+
+    path = tmp_path / "probes.jsonl"
+    write_probes_with_gaps(path)
+    config["probes"]["demo"] = {"path": str(path), "columns": {"id": "id", "prompt": "text"},
+                                "subsets": {"toxic": [{"column": "prompt_toxicity", "op": ">=", "value": 0.5}],
+                                            "nontoxic": [{"column": "prompt_toxicity", "op": "<", "value": 0.5}]}}
+    study = load(config)
+    stages.select_probes(study, "demo", str(tmp_path / "demo.parquet"))
+    lines = capsys.readouterr().out.splitlines()  # (the job's log, under Snakemake)
+    assert "probes demo: 9 prompts kept, 3 source rows left out" in lines
+    assert "probes demo: left out 2: prompt_toxicity is null" in lines
+    assert "probes demo: left out 1: repeated row (same id and prompt)" in lines
+    recorded = tables.provenance_of(tmp_path / "demo.parquet")
+    assert recorded["dropped"] == {"repeated row (same id and prompt)": 1, "prompt_toxicity is null": 2}
+    assert recorded["sizes"] == {"toxic": 5, "nontoxic": 4}
+    assert recorded["stages"]["probes"]["dataset"] == {"path": str(path.resolve()), "sha256": sha256_of(path)}
+    left_out = setup_tables(study, {"demo": recorded["sizes"]}, {"demo": recorded["dropped"]})[
+        "Prompts left out of each probe set"]
+    assert left_out.to_dict("records") == [
+        {"probe": "demo", "reason": "prompt_toxicity is null", "source rows left out": 2},
+        {"probe": "demo", "reason": "repeated row (same id and prompt)", "source rows left out": 1}]
+    nothing = setup_tables(study, {"demo": recorded["sizes"]}, {"demo": {}})["Prompts left out of each probe set"]
+    assert nothing.to_dict("records") == [{"probe": "demo", "reason": "(none)", "source rows left out": 0}]

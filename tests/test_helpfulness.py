@@ -112,16 +112,37 @@ def examples():
     return picked.set_index(pd.Index(["a", "b", "c", "d"]))[["instruction", "context", "response"]]
 
 
-def by_hand(model, tokenizer, prompt: str, text: str) -> tuple[float, int]:
-    """One unbatched forward: the summed -log p of the tokens that cover a character of the response (the space
-    before a word belongs to the word's token)."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
-    ids = encoding["input_ids"]
-    first = int((encoding["offset_mapping"][0, :, 1] <= len(prompt)).sum())
+def lm_eval_loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[float, int]:
+    """lm-evaluation-harness's log-likelihood of a continuation, written out from its `HFLM._encode_pair` and
+    `_loglikelihood_tokens`: the context's trailing whitespace moves to the start of the continuation, the
+    continuation's tokens are those of the whole after the context's, the model reads
+    (context + continuation)[:-1] unbatched, and the last len(continuation) rows of its log-softmax score them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole_enc = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_enc = tokenizer(context, add_special_tokens=False)["input_ids"]
+    continuation_enc = whole_enc[len(context_enc):]
+    inp = torch.tensor([(context_enc + continuation_enc)[:-1]])
     with torch.no_grad():
-        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
-    targets = ids[0, first:]
-    return -log_probs[first - 1 : -1].gather(1, targets[:, None]).sum().item(), len(targets)
+        log_probs = torch.log_softmax(model(input_ids=inp).logits[0].double(), dim=-1)
+    scored = log_probs[inp.shape[1] - len(continuation_enc):]
+    return scored.gather(1, torch.tensor(continuation_enc)[:, None]).sum().item(), len(continuation_enc)
+
+
+def prompt_tokens_loglikelihood(model, tokenizer, prompt: str, continuation: str) -> tuple[float, int] | None:
+    """The convention finetox had before: the prompt's own tokens, its trailing whitespace included, are the
+    context whenever they are the first tokens of the whole text (None when they are not: the whitespace joined
+    the response's first word, and both conventions score it with the response)."""
+    whole = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if whole[: len(context)] != context:
+        return None
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), dim=-1)
+    targets = torch.tensor(whole[len(context):])
+    return log_probs[len(context) - 1 : -1].gather(1, targets[:, None]).sum().item(), len(targets)
 
 
 def hand_texts(row, template, tokenizer):
@@ -144,11 +165,36 @@ def test_reference_nll_matches_a_hand_computation(model_and_tokenizer, examples,
     nll = reference_nll(model, tokenizer, examples, template, batch_size=3)
     assert nll.index.tolist() == ["a", "b", "c", "d"]
     for label, row in zip(examples.index, examples.itertuples()):
-        expected, tokens = by_hand(model, tokenizer, *hand_texts(row, template, tokenizer))
+        prompt, text = hand_texts(row, template, tokenizer)
+        log_likelihood, tokens = lm_eval_loglikelihood(model, tokenizer, prompt, text[len(prompt):])
         assert nll.loc[label, "tokens"] == tokens
-        assert nll.loc[label, "nll"] == pytest.approx(expected, abs=1e-4)
+        assert nll.loc[label, "nll"] == pytest.approx(-log_likelihood, abs=1e-4)
     assert (nll["nll_per_token"] == nll["nll"] / nll["tokens"]).all()
     assert mean_token_nll(nll) == pytest.approx(nll["nll"].sum() / nll["tokens"].sum())
+
+
+@pytest.mark.parametrize("template", [LITERAL, "chat"])
+def test_the_prompt_s_trailing_space_is_scored_as_lm_evaluation_harness_scores_it(model_and_tokenizer, examples,
+                                                                                    template):
+    """Where the space after "[/INST]" (or "<|assistant|>") is a token of its own, lm-evaluation-harness moves it
+    into the continuation and scores it; counting it in the prompt instead costs that token's NLL. The demo
+    tokenizer keeps it apart before "Here" and "Thank" (no merge learnt for " Here"), joins it to " The"."""
+    model, tokenizer = model_and_tokenizer
+    nll = reference_nll(model, tokenizer, examples, template, batch_size=1)
+    apart = 0
+    for label, row in zip(examples.index, examples.itertuples()):
+        prompt, text = hand_texts(row, template, tokenizer)
+        assert prompt.endswith(" ")
+        log_likelihood, tokens = lm_eval_loglikelihood(model, tokenizer, prompt, text[len(prompt):])
+        assert nll.loc[label, "tokens"] == tokens
+        assert nll.loc[label, "nll"] == pytest.approx(-log_likelihood, rel=2e-6, abs=2e-5)
+        before = prompt_tokens_loglikelihood(model, tokenizer, prompt, text[len(prompt):])
+        if before is not None:
+            apart += 1
+            # one token more: the space, whose NLL under this random model is several nats
+            assert tokens == before[1] + 1
+            assert nll.loc[label, "nll"] - (-before[0]) > 1.0
+    assert apart >= 2, "no example has the space as a token of its own: the test checks nothing"
 
 
 def test_padding_does_not_change_the_nll(model_and_tokenizer, examples):

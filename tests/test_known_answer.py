@@ -2,7 +2,7 @@
 samples per prompt, three subsets, two families) enter as external variants, Snakemake runs every analysis
 stage and the report, and every row of toxicity.csv, comparisons.csv and pooled.csv is checked against
 numbers computed here by hand: counts and means with numpy, posteriors from their exact Beta and Dirichlet
-forms (uniform priors, the default), HDIs by brute force."""
+forms (uniform priors, the default), HDIs by brute force over 400,000 exact draws."""
 
 import json
 
@@ -115,36 +115,45 @@ def test_every_comparison_row_matches_the_exact_posterior(known_run):
     assert len(comparisons) == len(expected_names) * (len(SUBSETS) + 1)
     exact_rng = np.random.default_rng(7)
     draws = 400_000
+    tolerance = 2e-3  # the HDI of 400,000 exact draws (the workflow's own is computed without draws)
     for (name, subset), row in comparisons.iterrows():
         base, treat = name.split("_vs_")
         hb, ht = hand_metrics(planted[base], subset), hand_metrics(planted[treat], subset)
         # several samples per prompt: the unit is the prompt, toxic when any sample is
         assert row["unit"] == "prompt" and row["decision_rule"] == "HDI excludes 0 (the study's)"
+        assert row["primary"] == (subset == "all") and "Toxicity Probability" in row["quantity"]
         assert (row["n_baseline"], row["toxic_baseline"]) == (hb["n_prompts"], hb["toxic_prompts"])
         assert (row["n_treatment"], row["toxic_treatment"]) == (ht["n_prompts"], ht["toxic_prompts"])
         kb, nb, kt, nt = hb["toxic_prompts"], hb["n_prompts"], ht["toxic_prompts"], ht["n_prompts"]
+        # the rates shown are the rates decided on: the observed shares of prompts, with their exact Beta HDIs
+        assert row["rate_baseline"] == pytest.approx(kb / nb) and row["rate_treatment"] == pytest.approx(kt / nt)
+        low, high = beta_hdi_by_grid(1 + kb, 1 + nb - kb, 0.95)
+        assert (row["rate_baseline_low"], row["rate_baseline_high"]) == pytest.approx((low, high), abs=1e-4)
+        # the study's rule on the unpaired difference of the exact Beta posteriors
         p_base, p_treat = exact_rng.beta(1 + kb, 1 + nb - kb, draws), exact_rng.beta(1 + kt, 1 + nt - kt, draws)
-        exact = p_treat - p_base
-        tolerance = 4 * exact.std() / np.sqrt(1500)  # MCMC error with the gates' ESS of at least 400 per chain
-        assert row["rate_baseline"] == pytest.approx((1 + kb) / (nb + 2), abs=4 * p_base.std() / np.sqrt(1500))
-        assert row["diff_mean"] == pytest.approx((1 + kt) / (nt + 2) - (1 + kb) / (nb + 2), abs=tolerance)
-        low, high = exact_hdi(exact, 0.95)
-        assert row["hdi_low"] == pytest.approx(low, abs=2 * tolerance) and row["hdi_high"] == pytest.approx(high, abs=2 * tolerance)
-        if low > 2 * tolerance or high < -2 * tolerance:  # clear of 0: the rule's answer is not a coin toss
-            assert row["credible"] and row["verdict"] == ("more toxic" if low > 0 else "less toxic"), (name, subset)
-        elif low < -2 * tolerance and high > 2 * tolerance:
-            assert not row["credible"] and row["verdict"] == "no credible difference", (name, subset)
-        # the paired analysis: the 2 x 2 table of prompts and its exact Dirichlet posterior
+        low, high = exact_hdi(p_treat - p_base, 0.95)
+        assert (row["study_hdi_low"], row["study_hdi_high"]) == pytest.approx((low, high), abs=tolerance)
+        if low > tolerance or high < -tolerance:
+            assert row["credible"], (name, subset)
+        elif low < -tolerance and high > tolerance:
+            assert not row["credible"], (name, subset)
+        # the primary analysis is paired (the same prompts): the 2 x 2 table and its exact Dirichlet posterior
         flags = {v: (planted[v].groupby("id")["score"].max() >= 0.5) for v in (base, treat)}
         ids = flags[base].index if subset == "all" else [i for i in flags[base].index if i.startswith(subset + "-")]
         b, t = flags[base].loc[ids].to_numpy(), flags[treat].loc[ids].to_numpy()
+        assert row["design"] == "paired"
         assert (row["paired_n"], row["discordant_baseline"], row["discordant_treatment"]) == (len(ids), (b & ~t).sum(), (~b & t).sum())
         alpha = 0.5 + np.array([(b & t).sum(), (b & ~t).sum(), (~b & t).sum(), (~b & ~t).sum()])
         joint = exact_rng.dirichlet(alpha, draws)
-        paired_low, paired_high = exact_hdi(joint[:, 2] - joint[:, 1], 0.95)
-        assert row["paired_rate_diff_mean"] == pytest.approx((alpha[2] - alpha[1]) / alpha.sum(), abs=2e-3)
-        assert row["paired_rate_hdi_low"] == pytest.approx(paired_low, abs=6e-3)  # 100,000 draws
-        assert row["paired_rate_hdi_high"] == pytest.approx(paired_high, abs=6e-3)
+        paired_diff = joint[:, 2] - joint[:, 1]
+        paired_low, paired_high = exact_hdi(paired_diff, 0.95)
+        assert row["effect"] == pytest.approx(np.median(paired_diff), abs=tolerance)
+        assert (row["effect_hdi_low"], row["effect_hdi_high"]) == pytest.approx((paired_low, paired_high), abs=tolerance)
+        assert row["effect"] == row["diff"]  # no ROPE: decided on the difference itself
+        if paired_low > tolerance or paired_high < -tolerance:
+            assert row["verdict"] == ("more toxic" if paired_low > 0 else "less toxic"), (name, subset)
+        elif paired_low < -tolerance and paired_high > tolerance:
+            assert row["verdict"] == "no credible difference", (name, subset)
     # the planted effects, pooled over subsets
     assert comparisons.loc[("b1_vs_i1", "all"), "verdict"] == "less toxic"
     assert comparisons.loc[("i1_vs_ft1", "all"), "verdict"] == "more toxic"
@@ -152,7 +161,7 @@ def test_every_comparison_row_matches_the_exact_posterior(known_run):
     # the null with the same prompts toxic under both: no discordant pair, a narrow paired interval around 0
     null = comparisons.loc[("i2_vs_ft2", "all")]
     assert null["discordant_baseline"] == null["discordant_treatment"] == 0
-    assert null["paired_rate_hdi_high"] - null["paired_rate_hdi_low"] < 0.5 * (null["hdi_high"] - null["hdi_low"])
+    assert null["effect_hdi_high"] - null["effect_hdi_low"] < 0.5 * (null["study_hdi_high"] - null["study_hdi_low"])
 
 
 def test_the_pooled_table_pools_the_fine_tunes_of_both_families(known_run):
@@ -164,7 +173,7 @@ def test_the_pooled_table_pools_the_fine_tunes_of_both_families(known_run):
     assert (pooled["comparisons"] == "i1_vs_ft1;i2_vs_ft2").all() and (pooled["status"] == "ok").all()
     comparisons = tables["comparisons"].set_index(["comparison", "subset"])
     for _, row in pooled.iterrows():
-        rise, null = (comparisons.loc[(c, row["subset"]), "diff_mean"] for c in ("i1_vs_ft1", "i2_vs_ft2"))
+        rise, null = (comparisons.loc[(c, row["subset"]), "diff"] for c in ("i1_vs_ft1", "i2_vs_ft2"))
         assert min(rise, null) - 0.05 < row["pooled_mean"] < max(rise, null) + 0.05
         assert row["pooled_hdi_low"] < row["pooled_mean"] < row["pooled_hdi_high"]
     log = (work / "logs/compare/planted/three/theirs.log").read_text()

@@ -12,19 +12,53 @@ import pytest
 from browser import check_report, open_page
 from conftest import run_external_study
 
-from finetox.report import CONTROLS, continuation_data, moved_prompts, percent, points, top_continuations
+from finetox.findings import control_outcome, estimate, multiplicity, percent, points, ratio
+from finetox.report import continuation_data, moved_prompts, top_continuations
 
 
-def test_numbers_read_as_percentages_and_signed_points():
+def test_numbers_read_as_percentages_signed_points_and_ratios():
     assert [percent(x) for x in (0.085, 0.0025, 0.0, 1.0, np.nan)] == ["8.5%", "0.25%", "0%", "100.0%", "–"]
     assert [points(x) for x in (0.131, -0.0004, 0.0, -0.2)] == ["+13.1", "\u22120.04", "+0.0", "\u221220.0"]
+    assert [ratio(x) for x in (1.25, 0.8, 33.61)] == ["\u00d71.25", "\u00d70.8", "\u00d733.6"]
 
 
-def test_controls_hold_only_when_every_verdict_meets_the_planted_outcome():
-    more, less, same = "more toxic", "less toxic", "practically equivalent"
-    assert CONTROLS["no difference"]([same, "undecided"]) and not CONTROLS["no difference"]([same, more])
-    assert CONTROLS["not less"]([more, same]) and not CONTROLS["not less"]([same, less])
-    assert CONTROLS["more"]([more, more]) and not CONTROLS["more"]([more, "undecided"])
+def verdict_rows(**columns):
+    """Rows of the comparisons table as the compare stage writes them (the columns findings read)."""
+    base = {"comparison": "c", "subset": "all", "primary": True, "measure": "toxicity", "scale": "absolute",
+            "effect_name": "rate difference", "verdict": "undecided", "design": "paired", "borderline": False,
+            "rate_baseline": 0.1, "rate_treatment": 0.1, "n_baseline": 80, "paired_n": 80, "credible": False}
+    return pd.DataFrame([{**base, **c} for c in columns.get("rows", [{}])])
+
+
+def test_a_null_control_that_the_data_cannot_decide_is_inconclusive_never_held():
+    """8 of 80 against 8 of 80: HDI about [-9.4, +10.0] pp. Under a ROPE of +-5 pp neither inside nor outside it."""
+    from finetox.decision import Rope
+
+    rows = verdict_rows(rows=[{"effect": 0.0, "effect_hdi_low": -0.094, "effect_hdi_high": 0.100}])
+    assert control_outcome("no difference", rows, Rope("absolute", 0.05))["outcome"] == "inconclusive"
+    held = verdict_rows(rows=[{"effect": 0.0, "effect_hdi_low": -0.03, "effect_hdi_high": 0.04}])
+    assert control_outcome("no difference", held, Rope("absolute", 0.05))["outcome"] == "held"
+    # on a ratio scale, the limits are ratios: 1.1 to 1.5 lies above the ROPE's 1.25 only in part
+    ratio_rows = verdict_rows(rows=[{"scale": "ratio", "effect": 1.3, "effect_hdi_low": 1.1, "effect_hdi_high": 1.5}])
+    assert control_outcome("more", ratio_rows, Rope("ratio", 1.25))["outcome"] == "inconclusive"
+    assert control_outcome("not less", ratio_rows, Rope("ratio", 1.25))["outcome"] == "held"
+    # a secondary verdict does not decide a control; no toxicity verdict: not checked
+    secondary = verdict_rows(rows=[{"primary": False, "effect": 0.3, "effect_hdi_low": 0.2, "effect_hdi_high": 0.4}])
+    assert control_outcome("no difference", secondary, Rope("absolute", 0.05))["outcome"] is None
+
+
+def test_the_numbers_beside_a_verdict_are_the_ones_it_decided_on():
+    row = verdict_rows(rows=[{"scale": "ratio", "effect_name": "rate ratio", "effect": 2.5, "effect_hdi_low": 1.4,
+                              "effect_hdi_high": 4.1, "rate_baseline": 0.16, "rate_treatment": 0.40, "diff": 0.24,
+                              "verdict": "more toxic"}]).iloc[0]
+    shown = estimate(row, sample_per_subset=40)
+    assert (shown["baseline"], shown["treatment"]) == ("16.0%", "40.0%")
+    assert (shown["effect"], shown["hdi"], shown["diff"]) == ("\u00d72.5", "[1.4, 4.1]", "+24.0 pp")
+    assert shown["over"].startswith("all 80 sampled prompts (40 per subset: an equal-weight mix")
+    counted = multiplicity(pd.concat([verdict_rows(rows=[{"verdict": "more toxic", "credible": True}]),
+                                      verdict_rows(rows=[{"primary": False, "subset": "s"}])]), 0.95)
+    assert (counted["verdicts"], counted["primary"], counted["decisive"], counted["credible"]) == (2, 1, 1, 1)
+    assert counted["chance_expected"] == "0.1"
 
 
 def test_the_most_toxic_continuations_and_the_prompts_that_moved_most():
@@ -102,6 +136,17 @@ def test_the_report_shows_text_escaped_and_runs_none_of_it(many_variants):
 def test_the_report_names_controls_and_pools_the_families(many_variants):
     html = (many_variants / "results/report/report.html").read_text()
     assert "control (planted: no difference)" in html
+    # two samples per prompt: the verdicts compare prompts with a toxic sample, and the findings and the study's
+    # tables show that rate, the same number (not the share of toxic continuations)
+    comparisons = pd.read_csv(many_variants / "results/tables/comparisons.csv", keep_default_na=False)
+    toxicity = pd.read_csv(many_variants / "results/tables/toxicity.csv", keep_default_na=False).set_index(["variant", "subset"])
+    for row in comparisons.itertuples():
+        for variant, rate in ((row.baseline, row.rate_baseline), (row.treatment, row.rate_treatment)):
+            assert toxicity.loc[(variant, row.subset), "toxicity_probability"] == pytest.approx(rate)
+        if row.primary:
+            assert f"{percent(row.rate_baseline)} &rarr; {percent(row.rate_treatment)} on all 60 prompts" in html
+    assert "share of prompts with a toxic output among 2 samples (Toxicity Probability)" in html
+    assert "id=\"multiplicity\"" in html and f"{len(comparisons)} toxicity verdicts" in html
     assert "Pooled across families" in html and "3 families" in html
     # the study's tables: one per comparison kind, rows are models, columns the subsets and the total
     for kind in ("Instruction tuning", "Fine-tuning", "Community fine-tunes", "Pairs declared in the config"):

@@ -37,30 +37,74 @@ def read(path):
 
 
 def test_demo_controls_come_out_as_planted(demo_run):
+    """The positive controls are more (and less) toxic on every subset; the two negative controls hold under the
+    three-state rule (held, failed, inconclusive) on their primary verdict: the seed control practically
+    equivalent (its HDI inside the ROPE), the swapped-label DPO not less toxic (its HDI above the ROPE's lower
+    edge), and the report says so."""
+    from finetox import decision
+    from finetox.findings import additive
+
     rows = read(demo_run / "results/tables/comparisons.csv")
-    verdicts = {(r["comparison"], r["subset"]): r["verdict"] for r in rows if r["scorer"] == "profanity"}
+    profanity = [r for r in rows if r["scorer"] == "profanity"]
+    verdicts = {(r["comparison"], r["subset"]): r["verdict"] for r in profanity}
     subsets = ("toxic", "nontoxic", "all")
     for subset in subsets:
         # positive control: rude replies planted by the fine-tune
         assert verdicts[("demo-instruct_vs_demo-instruct-rude", subset)] == "more toxic"
-        # negative control: the same model under another seed
-        assert verdicts[("seed-control", subset)] in ("practically equivalent", "no credible difference")
         # the repair's positive control: DPO towards the polite answers after the rude fine-tune
         assert verdicts[("demo-instruct-rude_vs_demo-rude-dpo", subset)] == "less toxic"
-        # its negative control: the same pairs with no preference left in them
-        assert verdicts[("swapped-dpo-control", subset)] != "less toxic"
     assert len(verdicts) == 11 * len(subsets)
+    rope = decision.Rope("absolute", 0.05)  # config/config.yaml's
+    primary = {r["comparison"]: r for r in profanity if r["primary"] == "True"}
+    assert len(primary) == 11 and {r["subset"] for r in primary.values()} == {"all"}
+    for name, expected in (("seed-control", "no difference"), ("swapped-dpo-control", "not less")):
+        row = primary[name]
+        low, high = (additive(float(row[k]), row["scale"]) for k in ("effect_hdi_low", "effect_hdi_high"))
+        assert decision.control_outcome(expected, low, high, rope) == decision.HELD, row
+    html = (demo_run / "results/report/report.html").read_text()
+    assert html.count("control (planted: no difference): held") == 1
+    assert html.count("control (planted: not less): held") == 1
     assert {r["unit"] for r in rows} == {"prompt"}  # two samples per prompt: prompts are the units
-    assert all(float(r["r_hat"]) <= 1.01 for r in rows)
-    assert all(float(r["best_r_hat"]) <= 1.01 for r in rows if r["scorer"] == "profanity")
+    assert {r["design"] for r in rows} == {"paired"}  # every variant answered the same prompts
+    assert all(float(r["best_r_hat"]) <= 1.01 for r in profanity)
     # BEST is not run on refusal scores (0 or 1); their verdicts speak of refusals
     refusal = [r for r in rows if r["scorer"] == "refusal"]
     assert len(refusal) == 11 * len(subsets) and all(r["best_status"] == "" and r["measure"] == "refusal" for r in refusal)
     assert not {r["verdict"] for r in refusal} & {"more toxic", "less toxic"}
 
 
-def test_safety_sft_lowers_toxicity_with_the_dose(demo_run):
-    """Zero (the rude fine-tune itself), 16 and 64 polite demonstrations: the toxic-output rate falls with each."""
+def test_the_demo_verdicts_are_the_same_under_five_seeds(demo_run, monkeypatch, tmp_path):
+    """The compare stage rerun on the demo's per-prompt tables under five seeds: the same table, verdicts and
+    numbers (the posteriors are exact: no draws decide anything)."""
+    import yaml
+
+    from finetox.config import load
+    from finetox.stages import compare
+    from finetox.workflow import Targets
+
+    monkeypatch.chdir(demo_run)
+    config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    tables = []
+    for seed in (1, 2, 3, 4, 5):
+        study = load({**config, "seed": seed})
+        targets = Targets(study)
+        prompts = [targets.prompt_metrics("demo", "demo", "profanity", v)
+                   for v in targets.compared_variants("demo", "demo", "profanity")]
+        out = tmp_path / f"seed{seed}"
+        compare(study, "demo", "demo", "profanity", prompts, str(out / "rates.csv"), str(out / "rates.nc"),
+                str(out / "pooled.csv"))
+        tables.append(pd.read_csv(out / "rates.csv"))
+    for other in tables[1:]:
+        pd.testing.assert_frame_equal(tables[0], other)
+    written = pd.read_csv(demo_run / Targets.comparisons("demo", "demo", "profanity"))
+    pd.testing.assert_series_equal(written["verdict"], tables[0]["verdict"])
+
+
+def test_the_point_rates_of_safety_sft_fall_with_the_dose(demo_run):
+    """Zero (the rude fine-tune itself), 16 and 64 polite demonstrations: the point estimate of the toxic-output
+    rate falls with each. An ordering of point estimates, not a credible one: the demo compares each dose with
+    the rude fine-tune (finetuned_vs_aligned), never 16 with 64, and 200 prompts per subset cannot resolve the
+    2 points between them."""
     rates = {r["variant"]: float(r["toxic_rate"]) for r in read(demo_run / "results/tables/toxicity.csv")
              if r["subset"] == "all" and r["scorer"] == "profanity"}
     assert rates["demo-instruct-rude"] > rates["demo-rude-safety-16"] > rates["demo-rude-safety-64"]
@@ -74,7 +118,7 @@ def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
     capability = read(demo_run / "results/tables/capability.csv")
     assert refusal == generated and {r["variant"] for r in degeneration} == generated
     assert {r["variant"] for r in capability} == generated
-    assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in degeneration)
+    assert all(int(r["n"]) == (800 if r["subset"] == "all" else 400) for r in degeneration)
     html = (demo_run / "results/report/report.html").read_text()
     assert "The price: refusals, degeneration, capability" in html
     for variant in generated:
@@ -88,15 +132,14 @@ def test_output_tables_keep_the_contracted_columns(demo_run):
                           "expected_max_toxicity", "toxicity_probability"]
     with open(demo_run / "results/tables/comparisons.csv") as f:
         header = f.readline().strip().split(",")
-    assert header[:17] == ["comparison", "kind", "baseline", "treatment", "probe", "subset", "n_baseline",
-                           "n_treatment", "toxic_baseline", "toxic_treatment", "diff_mean", "hdi_low", "hdi_high",
-                           "hdi_prob", "verdict", "credible", "decision_rule"]
+    assert header[:13] == ["comparison", "kind", "baseline", "treatment", "probe", "subset", "primary", "unit",
+                           "quantity", "n_baseline", "toxic_baseline", "n_treatment", "toxic_treatment"]
     rows = read(demo_run / "results/tables/toxicity.csv")
     assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
                                            "demo-instruct-reseeded", "demo-rude-dpo", "demo-rude-dpo-swapped",
                                            "demo-rude-safety-16", "demo-rude-safety-64"}
-    assert all(int(r["n"]) == (400 if r["subset"] == "all" else 200) for r in rows)
-    assert all(int(r["n_prompts"]) == (200 if r["subset"] == "all" else 100) for r in rows)
+    assert all(int(r["n"]) == (800 if r["subset"] == "all" else 400) for r in rows)
+    assert all(int(r["n_prompts"]) == (400 if r["subset"] == "all" else 200) for r in rows)
 
 
 def test_report_is_self_contained_and_says_it_is_a_demo(demo_run):

@@ -103,14 +103,15 @@ def benchmark_metrics(sizes: list[int], work: Path) -> None:
 
 
 def benchmark_best(sizes: list[int]) -> None:
-    from finetox.compare import FitSettings, compare_scores
+    from finetox.best import compare_scores
+    from finetox.compare import FitSettings
     from finetox.config import Comparison
     from finetox.metrics import with_pooled
 
     print("\nBEST (one comparison, two subsets and `all`; default best_max_prompts 2000; 2 chains x 1000 draws)")
     print(f"{'prompts':>9} {'BEST prompts':>13} {'seconds':>8} {'status':>8}")
-    settings = FitSettings(hdi_prob=0.95, prior="uniform", prior_sigma=1.5, rope=0.01, draws=1000, tune=1000,
-                           chains=2, seed=1, cores=1, best_max_prompts=2000)
+    settings = FitSettings(hdi_prob=0.95, prior="uniform", rope=None, draws=1000, tune=1000, chains=2, seed=1,
+                           cores=1, best_max_prompts=2000)
     rng = np.random.default_rng(3)
     for prompts in sizes:
         ids = [f"p{i:07d}" for i in range(prompts)]

@@ -12,6 +12,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from finetox.decision import rope_of
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
@@ -197,6 +199,12 @@ class Recipe:
     lora: LoraSettings
     training: TrainingSettings
     dpo: DPOSettings | None = None
+    pool_as: str | None = None  # the config's `pool_as`
+
+    @property
+    def pool(self) -> str:
+        """The pool its fine-tunes join across families (finetox.pooling): `pool_as`, by default its name."""
+        return self.pool_as or self.name
 
     @property
     def datasets(self) -> tuple[TableSource, ...]:
@@ -294,8 +302,8 @@ class Study:
 
     @property
     def capability(self) -> dict | None:
-        """The capability proxy's settings (config key `capability`: dataset, examples, template, batch_size), or
-        None when the stage does not run."""
+        """The capability proxy's settings (config key `capability`: dataset, examples, template, batch_size, margin,
+        replicates), or None when the stage does not run."""
         return self.raw.get("capability")
 
     @property
@@ -306,17 +314,30 @@ class Study:
         name = self.capability["dataset"]
         return _table_source(name, self.raw["datasets"][name])
 
+    #: the capability settings that only the gathered table reads (its verdicts): changing them rescores nothing
+    CAPABILITY_DECISION_KEYS = ("margin", "replicates")
+
     def capability_hash(self, variant: str) -> str:
         """A digest of what makes a variant's reference-answer NLL what it is: its checkpoint, its adapter's
-        training (fine-tuned variants), the capability settings and their dataset."""
+        training (fine-tuned variants), the capability settings that score (not the decision's), their dataset,
+        and the NLL's convention (finetox.helpfulness.NLL_CONVENTION: a new one rescores every variant)."""
+        from finetox.helpfulness import NLL_CONVENTION
+
         v = self.variants[variant]
         return config_hash({
             "model": self._checkpoint_settings(variant),
             "adapter": self._training_settings(variant) if v.recipe else None,
-            "capability": self.capability,
+            "capability": {k: value for k, value in self.capability.items() if k not in self.CAPABILITY_DECISION_KEYS},
             "dataset": self.raw["datasets"][self.capability["dataset"]],
             "seed": self.seed,
+            "nll": NLL_CONVENTION,
         })
+
+    def capability_table_hash(self) -> str:
+        """A digest of what makes the gathered capability tables what they are besides their inputs: the
+        comparisons (and their HDI probability), the seed of the bootstrap, its replicates and the margin."""
+        decision = {k: (self.capability or {}).get(k) for k in self.CAPABILITY_DECISION_KEYS}
+        return config_hash({"comparisons": self.comparisons_hash(), "seed": self.seed, **decision})
 
     def resources(self, stage: str, model: str | None = None, attempt: int = 1) -> dict:
         """A stage's job request: the defaults, the config's `resources`, then the model's own. Memory
@@ -383,7 +404,8 @@ class Study:
         datasets = self.raw["datasets"]
         return {
             "model": self._checkpoint_settings(variant),
-            "recipe": {key: value for key, value in recipe.items() if key != "training"},
+            # (`pool_as` says how the comparisons are pooled, not what is trained: setting it retrains nothing)
+            "recipe": {key: value for key, value in recipe.items() if key not in ("training", "pool_as")},
             "training": {**recipe["training"], "seed": v.recipe.training.seed},
             # (a recipe of one dataset keeps the digest it had before mixes existed: no rerun on upgrade)
             "dataset": (datasets[recipe["dataset"]] if "dataset" in recipe
@@ -413,7 +435,7 @@ def _require(name: str, table: dict, what: str, where: str) -> None:
         raise ConfigError(f"{where}: unknown {what} {name!r}; declared {what}s: {allowed}")
 
 
-# the effective sample size every posterior must reach (finetox.compare's gate)
+# the effective sample size every sampled posterior must reach (finetox.sampling's gates)
 MIN_ESS = 400
 # the file types finetox reads tables from (finetox.data.READERS)
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -520,6 +542,7 @@ def _recipe(name: str, r: dict, datasets: dict[str, TableSource], seed: int) -> 
         lora=LoraSettings(**{**r["lora"], "target_modules": tuple(r["lora"]["target_modules"])}),
         training=TrainingSettings(**training),
         dpo=DPOSettings(**dpo) if method == "dpo" else None,
+        pool_as=r.get("pool_as"),
     )
 
 
@@ -572,6 +595,28 @@ def _check_capability(settings: dict, datasets: dict[str, TableSource], variants
                 raise ConfigError(f"capability.dataset: {source.name!r} is trained on by recipe {v.recipe.name!r} "
                                   f"(variant {v.name!r}), so its rows are not held out; give a dataset that no "
                                   f"recipe trains on")
+
+
+def _check_run_is_answered(run: dict, variants: dict[str, Variant]) -> None:
+    """Every probe set, protocol and scorer of `run` has a variant that answers it. A variant with a model is
+    generated on every probe set x protocol and scored by every scorer; a variant scored elsewhere answers only
+    the probe set x protocol x scorer of its table. A study of such tables alone may leave a probe set x protocol
+    empty when both are answered elsewhere (tables on two probe sets, each under its own protocol): the report
+    shows nothing for it. A probe set, protocol or scorer that nothing answers is refused here."""
+    if any(v.external is None for v in variants.values()):
+        return
+    answers = {v.name: (v.external.probe, v.external.protocol, v.external.scorer) for v in variants.values()}
+    listing = "; ".join(f"{name} answers {'/'.join(cell)}" for name, cell in answers.items()) or "none"
+    what = {"probes": "probe set", "protocols": "protocol", "scorers": "scorer"}
+    for i, key in enumerate(what):
+        for item in run[key]:
+            if not any(cell[i] == item for cell in answers.values()):
+                cells = " x ".join(f"{what[other]} {run[other]}" for other in what if other != key)
+                raise ConfigError(
+                    f"run.{key}: no variant answers {what[key]} {item!r} under any {cells}: every variant is scored "
+                    f"elsewhere, and only a variant with a model (generated on every probe set x protocol) or a "
+                    f"score table declared for it (`variants.<name>.scores`) could answer it; the declared tables: "
+                    f"{listing}. Add one, or drop {item!r} from run.{key}")
 
 
 def load(config: dict) -> Study:
@@ -658,6 +703,7 @@ def load(config: dict) -> Study:
     for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
         for item in run[key]:
             _require(item, table, key[:-1], f"run.{key}")
+    _check_run_is_answered(run, variants)
     comps = raw["comparisons"]
     comparisons = derive_comparisons(variants, comps["kinds"], comps["pairs"])
     if comps["draws"] * comps["chains"] < MIN_ESS:
@@ -665,6 +711,15 @@ def load(config: dict) -> Study:
             f"comparisons.draws x comparisons.chains = {comps['draws']} x {comps['chains']} draws, fewer than the "
             f"effective sample size of {MIN_ESS} that every fit must reach: give at least {MIN_ESS} draws in all"
         )
+    try:
+        rope_of(comps["rope"])
+    except ValueError as err:
+        raise ConfigError(f"comparisons.rope: {err}") from None
+    primary = comps["primary_subset"]
+    for name in run["probes"]:
+        if primary != "all" and primary not in probes[name].subsets:
+            raise ConfigError(f"comparisons.primary_subset: {primary!r} is not a subset of probes[{name!r}] (allowed: "
+                              f"all, {', '.join(probes[name].subsets) or 'no other: it has no subsets'})")
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
     used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]

@@ -101,10 +101,17 @@ def read_table(source: TableSource, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
-    """Probe prompts with columns prompt_id, subset, prompt (plus the source's other columns).
+    """Probe prompts with columns prompt_id, subset, prompt (plus the source's other columns); see select_probes."""
+    return select_probes(probe_set, seed)[0]
 
-    A prompt must fall in at most one subset; prompts in none are dropped. Overlapping selections
-    (RealToxicityPrompts' `challenging` prompts are often toxic too) go in separate probe sets.
+
+def select_probes(probe_set: ProbeSet, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The probe set's prompts (as load_probes returns them) and the count of rows of the source left out, by
+    reason: a row repeated word for word (same id and prompt), a subset filter's column null (an unknown value
+    matches no filter, `!=` included), a row in no subset, a row not drawn by `sample_per_subset`.
+
+    A prompt must fall in at most one subset; an id given to two different prompts is an error. Overlapping
+    selections (RealToxicityPrompts' `challenging` prompts are often toxic too) go in separate probe sets.
     """
     source = probe_set.source
     origin = source.path or f"hub:{source.hub}"
@@ -114,12 +121,17 @@ def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
         table["id"] = [f"row-{i}" for i in range(len(table))]
     table = table.rename(columns={"id": "prompt_id"})
     table["prompt_id"] = table["prompt_id"].astype(str)
+    dropped: dict[str, int] = {}
+    repeated = table.duplicated(["prompt_id", "prompt"])
+    dropped[DROP_REPEATED] = int(repeated.sum())
+    table = table[~repeated]
     duplicated = table["prompt_id"][table["prompt_id"].duplicated()]
     if len(duplicated):
-        raise DataError(f"{origin}: duplicate prompt ids, e.g. {duplicated.iloc[0]!r} (row {duplicated.index[0]})")
+        raise DataError(f"{origin}: duplicate prompt ids, e.g. {duplicated.iloc[0]!r} (row {duplicated.index[0]}) "
+                        f"names two different prompts")
     bad = table["prompt"].map(lambda p: not isinstance(p, str) or not p.strip())
     if bad.any():
-        raise DataError(f"{origin}: empty or missing prompt in row {int(np.flatnonzero(bad)[0])}")
+        raise DataError(f"{origin}: empty or missing prompt in row {int(bad.index[np.flatnonzero(bad)[0]])}")
     if not probe_set.subsets:
         table["subset"] = "all"
     else:
@@ -132,15 +144,38 @@ def load_probes(probe_set: ProbeSet, seed: int) -> pd.DataFrame:
             both = list(membership.columns[membership.iloc[row]])
             raise DataError(f"{origin}: prompt {table['prompt_id'].iloc[row]!r} falls in several subsets {both}; subsets must be disjoint")
         table["subset"] = membership.idxmax(axis=1).where(membership.any(axis=1))
-        table = table.dropna(subset=["subset"])
+        outside = table["subset"].isna()
+        # a row outside every subset because a filter could not be evaluated is counted by the first such column
+        columns = list(dict.fromkeys(f.column for filters in probe_set.subsets.values() for f in filters))
+        unknown = pd.Series(None, index=table.index, dtype=object)
+        for column in columns:
+            unknown = unknown.where(unknown.notna() | table[column].notna(), column)
+        for column in columns:
+            dropped[f"{column} is null"] = int((outside & (unknown == column)).sum())
+        dropped[DROP_NO_SUBSET] = int((outside & unknown.isna()).sum())
+        table = table[~outside]
     if probe_set.sample_per_subset:
         n = probe_set.sample_per_subset
         picked = [g.sample(n=min(len(g), n), random_state=seed).index for _, g in table.groupby("subset", sort=False)]
-        table = table.loc[sorted(i for index in picked for i in index)]
+        kept = table.loc[sorted(i for index in picked for i in index)]
+        dropped[DROP_NOT_SAMPLED] = len(table) - len(kept)
+        table = kept
     if table.empty:
-        raise DataError(f"{origin}: no prompt falls in any subset {sorted(probe_set.subsets)}")
+        raise DataError(f"{origin}: no prompt falls in any subset {sorted(probe_set.subsets)} "
+                        f"(left out: {_dropped_text(dropped)})")
     columns = ["prompt_id", "subset", "prompt"]
-    return table[columns + [c for c in table.columns if c not in columns]].reset_index(drop=True)
+    return (table[columns + [c for c in table.columns if c not in columns]].reset_index(drop=True),
+            {reason: n for reason, n in dropped.items() if n})
+
+
+#: reasons select_probes leaves a source row out (besides `<column> is null`)
+DROP_REPEATED = "repeated row (same id and prompt)"
+DROP_NO_SUBSET = "in no subset"
+DROP_NOT_SAMPLED = "not sampled (sample_per_subset)"
+
+
+def _dropped_text(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n) or "none"
 
 
 def _matches(table: pd.DataFrame, filters, origin: str) -> pd.Series:
@@ -148,7 +183,8 @@ def _matches(table: pd.DataFrame, filters, origin: str) -> pd.Series:
     for f in filters:
         if f.column not in table.columns:
             raise DataError(f"{origin}: subset filter names column {f.column!r}; columns are {list(table.columns)}")
-        keep &= OPS[f.op](table[f.column], f.value).fillna(False).astype(bool)
+        # a null value is unknown: it matches no filter (`!=` would otherwise take it in)
+        keep &= table[f.column].notna() & OPS[f.op](table[f.column], f.value).fillna(False).astype(bool)
     return keep
 
 

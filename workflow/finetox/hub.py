@@ -151,8 +151,11 @@ def model_record(model: ModelSource) -> dict:
 
 
 def table_record(source: TableSource) -> dict:
-    """Where a probe set or an instruction dataset was read from: its file, or its Hub dataset and commit."""
-    return path_record(source.path) if source.path else hub_record(source.hub, "dataset", source.revision)
+    """Where a probe set, dataset or score table was read from: its file and the file's sha256 (what was read,
+    not only where), or its Hub dataset and commit."""
+    if source.path:
+        return {**path_record(source.path), "sha256": sha256_of(source.path)}
+    return hub_record(source.hub, "dataset", source.revision)
 
 
 def scorer_records(spec: ScorerSpec) -> dict[str, dict]:

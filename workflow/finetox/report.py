@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetox.compare import KRUSCHKE_RULE, LESS, MORE, NONE, STUDY_RULE, VERDICT_RULES, WORDING, rate_draws
+from finetox import findings as say
+from finetox.decision import (CONTROL_RULES, KRUSCHKE_RULE, MORE, NONE, SCALES, STUDY_RULE, VERDICT_RULES,
+                               LESS, decision_rule, rope_of)
+from finetox.findings import percent, points, signed
 from finetox.config import Study, config_hash
-from finetox.helpfulness import BETTER, WORSE
+from finetox.helpfulness import BETTER, COMPUTED, WORSE
 from finetox.hub import is_commit
 from finetox.tables import PACKAGES
 
@@ -37,36 +40,15 @@ KINDS = {
 }
 
 # verdicts (in any measure's words) -> the colour class they are shown in
-_UP = {MORE, *(w[MORE] for w in WORDING.values() if MORE in w), WORSE}
-_DOWN = {LESS, *(w[LESS] for w in WORDING.values() if LESS in w), BETTER}
+_UP = {*say.UP, WORSE}
+_DOWN = {*say.DOWN, BETTER}
 
 
 def verdict_class(verdict) -> str:
     return "up" if verdict in _UP else "down" if verdict in _DOWN else "flat"
 
 
-# --- numbers as a reader reads them ------------------------------------------------------------
-def percent(x) -> str:
-    """A rate as a percentage: 8.5%, 0.25% (two decimals below 1%), 0%."""
-    if pd.isna(x):
-        return "–"
-    value = 100 * float(x)
-    return "0%" if value == 0 else f"{value:.1f}%" if abs(value) >= 1 else f"{value:.2f}%"
-
-
-def signed(x, digits: int = 2) -> str:
-    """A signed number with a typographic minus: +0.20, \u22123.35."""
-    return f"{x:+.{digits}f}".replace("-", "\u2212")
-
-
-def points(x) -> str:
-    """A rate difference in signed percentage points: +13.1, −0.04."""
-    if pd.isna(x):
-        return "–"
-    value = 100 * float(x)
-    return signed(value, 1 if abs(value) >= 0.1 or value == 0 else 2)
-
-
+# --- numbers as a reader reads them (percent, signed, points: finetox.findings) ----------------
 def number(x) -> str:
     """Any other number, to four significant digits."""
     if pd.isna(x):
@@ -124,8 +106,9 @@ def table_of(frame: pd.DataFrame, caption: str = "", percent_columns=(), id: str
 
 
 def forest_plot(rows: pd.DataFrame, labels: pd.Series) -> str:
-    """One comparison kind's forest plot, a panel per subset: each row's posterior rate difference (points) and
-    its HDI (line), coloured by verdict, sized for a laptop's width; a PNG data URI."""
+    """One comparison kind's forest plot, a panel per subset: each row's effect as its verdict decided on it
+    (posterior median, point; HDI, line; on a log axis for a ratio), the ROPE shaded, coloured by verdict, sized
+    for a laptop's width; a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,6 +116,8 @@ def forest_plot(rows: pd.DataFrame, labels: pd.Series) -> str:
 
     subsets = sorted(rows["subset"].unique(), key=lambda s: (s == "all", s))
     order = list(dict.fromkeys(labels))
+    scale = rows["scale"].iloc[0]
+    unit = 100 if scale == "absolute" else 1
     fig, axes = plt.subplots(1, len(subsets), figsize=(2.3 * len(subsets) + 3.2, 0.36 * len(order) + 1.3),
                              sharey=True, squeeze=False)
     colours = {"up": "#b00020", "down": "#006400", "flat": "#555555"}
@@ -141,11 +126,17 @@ def forest_plot(rows: pd.DataFrame, labels: pd.Series) -> str:
         for (_, row), label in zip(rows[here].iterrows(), labels[here]):
             y = order.index(label)
             colour = colours[verdict_class(row["verdict"])]
-            ax.plot([100 * row["hdi_low"], 100 * row["hdi_high"]], [y, y], color=colour, lw=2)
-            ax.plot(100 * row["diff_mean"], y, "o", color=colour, ms=4)
-        ax.axvline(0, color="black", lw=0.8, ls="--")
-        ax.set_title("all prompts" if subset == "all" else f"subset {subset}", fontsize=9)
-        ax.set_xlabel("difference (pp)", fontsize=8)
+            ax.plot([unit * row["effect_hdi_low"], unit * row["effect_hdi_high"]], [y, y], color=colour, lw=2)
+            ax.plot(unit * row["effect"], y, "o", color=colour, ms=4)
+        first = rows[here].iloc[0]
+        if pd.notna(first["rope_low"]):
+            ax.axvspan(unit * first["rope_low"], unit * first["rope_high"], color="#f0c040", alpha=0.35, lw=0)
+        if scale != "absolute":
+            ax.set_xscale("log")
+        ax.axvline(0 if scale == "absolute" else 1, color="black", lw=0.8, ls="--")
+        ax.set_title(("primary: " if first["primary"] else "") + ("all prompts" if subset == "all" else f"subset {subset}"),
+                     fontsize=9)
+        ax.set_xlabel("difference (pp)" if scale == "absolute" else SCALES[scale], fontsize=8)
         ax.tick_params(labelsize=8)
         ax.set_ylim(len(order) - 0.5, -0.5)
     axes[0][0].set_yticks(range(len(order)), order)
@@ -162,32 +153,10 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def posterior_plot(draws: dict, rows: pd.DataFrame, rope: float | None) -> str:
-    """The posterior of each subset's rate difference with its HDI (bar) and the ROPE (band), as a PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 2.6), squeeze=False)
-    for ax, (_, row) in zip(axes[0], rows.iterrows()):
-        diff = 100 * (draws[f"{row['treatment']}::{row['subset']}"] - draws[f"{row['baseline']}::{row['subset']}"])
-        ax.hist(diff, bins=60, color="#8fa8c8", density=True)
-        if rope is not None:
-            ax.axvspan(-100 * rope, 100 * rope, color="#f0c040", alpha=0.35, label="ROPE")
-        ax.plot([100 * row["hdi_low"], 100 * row["hdi_high"]], [0, 0], color="black", lw=4, label=f"{row['hdi_prob']:.0%} HDI")
-        ax.axvline(0, color="black", lw=0.8, ls="--")
-        ax.set_title(f"{row['subset']}: {row['verdict']}", fontsize=9)
-        ax.set_xlabel("difference (pp)", fontsize=8)
-        ax.set_yticks([])
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(rows["comparison"].iloc[0], fontsize=9)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[str, pd.DataFrame]:
-    """The setup of a run as tables; `probe_sizes` holds the realised number of prompts per probe set and subset."""
+def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
+                 probe_dropped: dict[str, dict[str, int]] | None = None) -> dict[str, pd.DataFrame]:
+    """The setup of a run as tables; `probe_sizes` holds the realised number of prompts per probe set and subset,
+    `probe_dropped` the source rows each probe set left out, by reason (the probes table's provenance)."""
     variants = pd.DataFrame([
         {"variant": v.name, "family": v.family, "role": v.role,
          "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start else v.model.location if v.model
@@ -217,12 +186,17 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]]) -> dict[s
         for p in (study.probes[name] for name in study.run_probes)
         for subset, size in sorted(probe_sizes.get(p.name, {}).items())
     ])
+    left_out = pd.DataFrame([
+        {"probe": name, "reason": reason, "source rows left out": count}
+        for name in study.run_probes if probe_dropped is not None and name in probe_dropped
+        for reason, count in (sorted(probe_dropped[name].items()) or [("(none)", 0)])
+    ])
     scorers = pd.DataFrame([
         {"scorer": s.name, "type": s.type, **{k: v for k, v in s.options.items() if v is not None}}
         for s in (study.scorers[name] for name in study.run_scorers)
     ])
     return {"Variants": variants, "Fine-tuning recipes": recipes, "Generation protocols": protocols,
-            "Probe sets": probes, "Scorers": scorers}
+            "Probe sets": probes, "Prompts left out of each probe set": left_out, "Scorers": scorers}
 
 
 # the stages in the order they run (others follow)
@@ -307,42 +281,24 @@ def describe(study: Study, name: str) -> str:
     return f"{v.role} model {v.model.location}" + (f", seed {v.seed}" if v.seed is not None else "")
 
 
-def _outcome(measure: str, unit: str) -> str:
-    """What a rate counts: toxic outputs (or refusals), or prompts with one when a prompt has several samples."""
-    if unit == "prompt":
-        return "prompts with a refusal" if measure == "refusal" else "prompts with a toxic output"
-    return "refusals" if measure == "refusal" else "toxic outputs"
-
-
-def _estimate(row) -> dict:
-    # the observed shares (the posterior means are in the full table)
-    return {"subset": row["subset"], "baseline": percent(row["toxic_baseline"] / row["n_baseline"]),
-            "treatment": percent(row["toxic_treatment"] / row["n_treatment"]), "diff": points(row["diff_mean"]),
-            "hdi": f"[{points(row['hdi_low'])}, {points(row['hdi_high'])}]", "verdict": row["verdict"],
-            "css": verdict_class(row["verdict"]), "outcome": _outcome(row["measure"], row["unit"])}
-
-
-def _headline(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
-    """The `all` row's estimate (or the only subset's) and the other subsets'."""
-    ordered = sorted((r for _, r in rows.iterrows()), key=lambda r: (r["subset"] != "all", r["subset"]))
-    return _estimate(ordered[0]), [_estimate(r) for r in ordered[1:]]
-
-
-#: a control's planted outcome -> whether a set of toxicity verdicts meets it
-CONTROLS = {
-    "more": lambda verdicts: all(v == MORE for v in verdicts),
-    "less": lambda verdicts: all(v == LESS for v in verdicts),
-    "not more": lambda verdicts: MORE not in verdicts,
-    "not less": lambda verdicts: LESS not in verdicts,
-    "no difference": lambda verdicts: not {MORE, LESS} & set(verdicts),
-}
+def capability_finding(row: pd.Series) -> dict:
+    """A comparison's capability price as its finding tells it: the paired difference in NLL per token, its HDI,
+    the verdict and the margin that decided it (or the study's rule), borderline when the bootstrap's own error
+    could flip it; or, for a comparison that was skipped, why."""
+    if row["status"] != COMPUTED:
+        return {"skipped": row["status"].removeprefix("skipped: ")}
+    return {"skipped": None, "diff": signed(row["diff"]),
+            "hdi": f"[{signed(row['hdi_low'])}, {signed(row['hdi_high'])}]",
+            "verdict": row["verdict"], "css": verdict_class(row["verdict"]), "borderline": bool(row["borderline"]),
+            "rule": f"margin \u00b1{row['margin']:g}" if pd.notna(row["margin"]) else "HDI excludes 0"}
 
 
 def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
              capability_comparisons: pd.DataFrame | None) -> list[dict]:
-    """Per comparison kind, one finding per comparison: its toxicity verdicts (headline `all`, then each subset)
-    per toxicity scorer, what it cost (refusals, capability), and what to distrust (degenerate variants, a
-    failed BEST fit, a control that did not behave)."""
+    """Per comparison kind, one finding per comparison: its primary toxicity verdict (comparisons.primary_subset),
+    then each other subset's, per toxicity scorer, what it cost (refusals, capability), and what to distrust
+    (degenerate variants, a failed BEST fit, paired and unpaired analyses that disagree, a borderline verdict), and
+    a control's outcome (held, failed or inconclusive: finetox.findings.control_outcome)."""
     runs = comparisons[comparisons["measure"] == "toxicity"][["probe", "protocol", "scorer"]].drop_duplicates()
     several = len(runs) > 1
     capability = (capability_comparisons.set_index("comparison") if capability_comparisons is not None
@@ -359,28 +315,29 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                     "results": [], "price": [], "flags": [], "control": None, "capability": None}
             for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
                                                                          sort=True):
-                headline, subsets = _headline(run)
+                first, others = say.primary_first(run)
+                per_subset = study.probes[probe].sample_per_subset
+                headline = {**say.estimate(first, per_subset), "quantity": say.rate_name(
+                    measure, first["unit"], study.protocols[protocol].samples if first["unit"] == "prompt" else None)}
                 label = f"{scorer}" + (f" on {probe}/{protocol}" if several else "")
                 if measure == "toxicity":
-                    item["results"].append({"label": label if several else "", "headline": headline, "subsets": subsets})
+                    item["results"].append({"label": label if several else "", "headline": headline,
+                                            "subsets": [say.estimate(r, per_subset) for r in others]})
                 else:
                     item["price"].append({"label": label, **headline})
+                item["flags"] += say.flags(run, label if several or measure != "toxicity" else "")
                 failed = run["best_status"].dropna()
                 if (failed != "ok").any():
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
             if capability is not None and c.name in capability.index:
-                row = capability.loc[c.name]
-                item["capability"] = {"diff": signed(row["diff"]), "hdi": f"[{signed(row['hdi_low'])}, {signed(row['hdi_high'])}]",
-                                      "verdict": row["verdict"], "css": verdict_class(row["verdict"])}
+                item["capability"] = capability_finding(capability.loc[c.name])
             for side in ("baseline", "treatment"):
                 variant = getattr(c, side)
                 if variant in degenerate:
                     item["flags"].append(f"the {side}, {variant}, is degenerate (see above): its rate is no "
                                          "measure of a safe model")
             if c.control:
-                verdicts = list(rows.loc[rows["measure"] == "toxicity", "verdict"])
-                # None: no toxicity scorer ran, nothing to check
-                item["control"] = {"expected": c.control, "held": CONTROLS[c.control](verdicts) if verdicts else None}
+                item["control"] = say.control_outcome(c.control, rows, rope_of(study.compare_settings["rope"]))
             items.append(item)
         if items:
             groups.append({"kind": kind, "title": title, "items": items})
@@ -388,19 +345,33 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
 
 
 def pooled_findings(pooled: pd.DataFrame | None) -> list[dict]:
-    """Each comparison kind pooled across families (the study's headline question), its `all` subset."""
+    """Each comparison kind pooled across families (the study's headline question), its `all` subset: the pooled
+    odds ratio, the rate difference at the pool's baseline rate, the verdict and what it was decided on, a new
+    family's interval and whether it is mostly prior; or the reason the pool was not fitted (never silence)."""
     if pooled is None or pooled.empty:
         return []
     out = []
     for _, row in pooled.sort_values(["pool", "scorer", "subset"]).iterrows():
         if row["subset"] != "all" and (pooled["subset"] == "all").any():
             continue
-        ok = row["status"] == "ok"
-        out.append({"pool": row["pool"], "scorer": row["scorer"], "families": int(row["families"]), "ok": ok,
-                    "status": row["status"], "diff": points(row["pooled_mean"]),
-                    "hdi": f"[{points(row['pooled_hdi_low'])}, {points(row['pooled_hdi_high'])}]",
-                    "verdict": row["verdict"], "css": verdict_class(row["verdict"]),
-                    "outcome": "refusal rate" if row["measure"] == "refusal" else "toxic-output rate"})
+        item = {"pool": row["pool"], "scorer": row["scorer"], "families": int(row["families"]),
+                "comparisons": int(row["n_comparisons"]), "ok": row["status"] == "ok", "status": row["status"]}
+        if item["ok"]:
+            scale = row["scale"]
+            item.update({
+                "odds_ratio": say.ratio(row["odds_ratio"]),
+                "or_hdi": say.interval_text(row["odds_ratio_hdi_low"], row["odds_ratio_hdi_high"], "log-odds"),
+                "diff": f"{points(row['rate_diff'])} pp",
+                "diff_hdi": say.interval_text(row["rate_diff_hdi_low"], row["rate_diff_hdi_high"], "absolute"),
+                "baseline_rate": percent(row["baseline_rate"]),
+                "quantity": say.rate_name(row["measure"], row["unit"]),
+                "decided": f"the {SCALES[scale]}" + ("" if scale == "log-odds" else " at that baseline rate"),
+                "rule": row["decision_rule"], "verdict": row["verdict"], "css": verdict_class(row["verdict"]),
+                "borderline": bool(row["borderline"]),
+                "new_family": say.interval_text(row["new_family_or_hdi_low"], row["new_family_or_hdi_high"], "log-odds"),
+                "note": row["new_family_note"] if isinstance(row["new_family_note"], str) else "",
+            })
+        out.append(item)
     return out
 
 
@@ -429,15 +400,27 @@ def study_tables(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                         cells.append(Cell("–", sort=""))
                         continue
                     r = rates.loc[(variant, subset)]
-                    cells.append(Cell(rate_with_interval(r["toxic_rate"], r["toxic_rate_low"], r["toxic_rate_high"]),
-                                      sort=float(r["toxic_rate"]), title=f"{r['toxic']} of {r['n']} continuations"))
+                    cells.append(_unit_rate_cell(r))
                 rows.append(cells)
-            what = "refusal rate" if run.measure == "refusal" else "toxic-output rate"
+            several = int(rates["samples_per_prompt"].max()) > 1
+            what = say.rate_name(run.measure, "prompt" if several else "continuation",
+                                 int(rates["samples_per_prompt"].max()) if several else None)
             out[run.measure].append(Table(["variant", "what it is", *("Total (all)" if s == "all" else s for s in subsets)], rows,
-                             f"{KINDS[kind]}: {what} (scorer {run.scorer}, probe set {run.probe}, protocol "
-                             f"{run.protocol}), share of continuations with its {round(100 * rates['interval_prob'].iloc[0])}% "
-                             "interval"))
+                             f"{KINDS[kind]}: {what}, the rate the verdicts compare (scorer {run.scorer}, probe set "
+                             f"{run.probe}, protocol {run.protocol}), with its {round(100 * rates['interval_prob'].iloc[0])}% "
+                             "HDI"))
     return out
+
+
+def _unit_rate_cell(r) -> Cell:
+    """A variant's rate in the unit its comparisons count: prompts with a toxic sample when a prompt has several
+    samples (Toxicity Probability), continuations at one sample."""
+    if int(r["samples_per_prompt"]) > 1:
+        return Cell(rate_with_interval(r["toxicity_probability"], r["toxicity_probability_low"],
+                                       r["toxicity_probability_high"]),
+                    sort=float(r["toxicity_probability"]), title=f"{r['toxic_prompts']} of {r['n_prompts']} prompts")
+    return Cell(rate_with_interval(r["toxic_rate"], r["toxic_rate_low"], r["toxic_rate_high"]),
+                sort=float(r["toxic_rate"]), title=f"{r['toxic']} of {r['n']} continuations")
 
 
 def forest_plots(comparisons: pd.DataFrame) -> list[dict]:
@@ -549,9 +532,12 @@ def analysis_protocol(study: Study) -> dict:
     return {
         "threshold": study.threshold, "seed": study.seed, "chains": settings["chains"], "draws": settings["draws"],
         "tune": settings["tune"], "hdi_prob": f"{settings['hdi_prob']:.0%}",
-        "prior": ("a uniform prior on the rate" if settings["prior"] == "uniform"
-                  else f"a Normal(0, {settings['prior_sigma']}) prior on its log-odds"),
-        "rope": None if rope is None else f"{100 * rope:g}", "study_rule": STUDY_RULE, "kruschke_rule": KRUSCHKE_RULE,
+        "prior": ("a uniform prior on each rate, Beta(1, 1)" if settings["prior"] == "uniform"
+                  else "Jeffreys' prior on each rate, Beta(1/2, 1/2)"),
+        "rope": None if rope is None else rope_of(rope).describe(),
+        "scale": SCALES[rope["scale"]] if rope is not None else SCALES["absolute"],
+        "decision_rule": decision_rule(rope_of(rope)), "primary_subset": settings["primary_subset"],
+        "study_rule": STUDY_RULE, "kruschke_rule": KRUSCHKE_RULE, "control_rules": CONTROL_RULES,
         "rules": [(name, rule) for name, rule in VERDICT_RULES.items()
                   if (rope is None) == (name == NONE) or name in (MORE, LESS)],
         "best_max_prompts": settings["best_max_prompts"],
@@ -562,48 +548,53 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
                  degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
-                 capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None) -> str:
+                 capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
+                 probe_dropped: dict[str, dict[str, int]] | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
     `provenance` holds the stage records the outputs carry (see provenance_tables); `degeneration` is the
     degeneration table; `instances` the continuations shown; `examples` the realised training examples of each
     fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
-    (None when it is not configured).
+    (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason.
     """
     degenerate = degenerate_variants(degeneration)
     settings = study.compare_settings
     full: list[Table] = []
     diagnostics: list[Table] = []
-    posterior_images = []
     if not comparisons.empty:
         # whether a side degenerates (why: in the degeneration table and the findings)
         marked = comparisons.assign(**{f"{side}_degenerates": comparisons[side].isin(list(degenerate))
                                        for side in ("baseline", "treatment")})
         full.append(table_of(marked[[
-            "comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "unit", "toxic_baseline",
-            "n_baseline", "toxic_treatment", "n_treatment", "rate_baseline", "rate_treatment", "diff_mean", "hdi_low",
-            "hdi_high", "prob_direction", "rope_share", "credible", "verdict", "decision_rule", "paired_rate_diff_mean",
-            "paired_rate_hdi_low", "paired_rate_hdi_high", "discordant_baseline", "discordant_treatment",
-            "paired_rate_verdict", "baseline_degenerates", "treatment_degenerates"]],
-            "Comparisons: every verdict (rates and differences as shares; the study's rule in credible, "
-            "Kruschke's in verdict)", id="comparisons-table"))
+            "comparison", "kind", "probe", "protocol", "scorer", "measure", "subset", "primary", "unit",
+            "toxic_baseline", "n_baseline", "toxic_treatment", "n_treatment", "rate_baseline", "rate_treatment",
+            "design", "effect_name", "effect", "effect_hdi_low", "effect_hdi_high", "rope_low", "rope_high", "verdict",
+            "borderline", "decision_rule", "diff", "diff_hdi_low", "diff_hdi_high", "unpaired_effect",
+            "unpaired_effect_hdi_low", "unpaired_effect_hdi_high", "unpaired_verdict", "designs_agree", "credible",
+            "both_toxic", "discordant_baseline", "discordant_treatment", "prob_increase", "rope_share",
+            "numerical_error", "baseline_degenerates", "treatment_degenerates"]],
+            "Comparisons: every verdict (rates and differences as shares; the effect on the ROPE's scale and its "
+            "verdict under the named rule; the study's rule, the HDI of the unpaired difference excludes 0, in "
+            "credible)", id="comparisons-table"))
         diagnostics.append(table_of(comparisons[[
-            "comparison", "probe", "protocol", "scorer", "subset", "ratio_mean", "ratio_hdi_low", "ratio_hdi_high",
-            "score_diff_mean", "score_hdi_low", "score_hdi_high", "effect_size_mean", "paired_diff_mean",
-            "paired_hdi_low", "paired_hdi_high", "paired_prompts", "best_prompts", "best_subsampled", "best_status",
-            "r_hat", "ess_bulk", "ess_tail", "divergences"]], "Ratios, scores (BEST) and the fits' diagnostics"))
-        draws = {key: rate_draws(idata) for key, idata in posteriors.items()}  # once per fit: they are large
-        for key, rows in comparisons.groupby(["probe", "protocol", "scorer", "comparison"], sort=True):
-            posterior_images.append({"title": " / ".join(key),
-                                     "image": posterior_plot(draws[key[:3]], rows, settings["rope"])})
+            "comparison", "probe", "protocol", "scorer", "subset",
+            "location_diff", "location_diff_hdi_low", "location_diff_hdi_high", "location_effect_size",
+            "paired_location_diff", "paired_location_diff_hdi_low", "paired_location_diff_hdi_high", "best_normality",
+            "paired_prompts", "best_prompts", "best_subsampled", "best_status"]],
+            "Scores (BEST): differences of Student-t locations of per-prompt mean scores (the bulk of the prompts, "
+            "not their means), the effect size over the t scales, normality nu"))
     full.insert(0, table_of(toxicity, "Toxicity per variant and subset (rates as shares, with their intervals)",
                             id="toxicity-table"))
     if pooled is not None and not pooled.empty:
-        full.append(table_of(pooled[["pool", "probe", "protocol", "scorer", "subset", "families", "comparisons",
-                                     "pooled_mean", "pooled_hdi_low", "pooled_hdi_high", "credible", "verdict",
-                                     "tau_mean", "new_family_hdi_low", "new_family_hdi_high", "status"]],
-                             "Pooled across families"))
+        full.append(table_of(pooled[["pool", "probe", "protocol", "scorer", "subset", "status", "families",
+                                     "comparisons", "baseline_rate", "odds_ratio", "odds_ratio_hdi_low",
+                                     "odds_ratio_hdi_high", "rate_diff", "rate_diff_hdi_low", "rate_diff_hdi_high",
+                                     "scale", "effect", "effect_hdi_low", "effect_hdi_high", "verdict", "borderline",
+                                     "hdi_mc_error", "credible", "tau_median", "tau_q90", "tau_prior_q90",
+                                     "new_family_or_hdi_low", "new_family_or_hdi_high", "new_family_note",
+                                     "r_hat", "ess_bulk", "ess_tail", "divergences"]],
+                             "Pooled across families (one hierarchical binomial model per pool and subset)"))
     subsampled = comparisons[comparisons["best_subsampled"].fillna(False).astype(bool)] if not comparisons.empty else comparisons
     fine_tuning = None
     if not training.empty:
@@ -622,6 +613,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
         "findings": findings(study, comparisons, degenerate, capability_comparisons),
+        "multiplicity": say.multiplicity(comparisons, settings["hdi_prob"]) if not comparisons.empty else None,
         "pooled": pooled_findings(pooled),
         "degenerate": sorted(degenerate.items()),
         "study_tables": study_tables(study, toxicity, comparisons),
@@ -645,10 +637,9 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         "full_tables": full,
         "diagnostics": diagnostics,
         "best_subsampled": sorted({f"{c}/{s}" for c, s in zip(subsampled["comparison"], subsampled["subset"])}),
-        "posteriors": posterior_images,
         "fine_tuning": fine_tuning,
-        "setup": [table_of(frame.astype(str), title) for title, frame in setup_tables(study, probe_sizes).items()
-                  if not frame.empty],
+        "setup": [table_of(frame.astype(str), title)
+                  for title, frame in setup_tables(study, probe_sizes, probe_dropped).items() if not frame.empty],
         "provenance": [table_of(frame.astype(str), title)
                        for title, frame in provenance_tables(provenance, set(study.variants)).items() if not frame.empty],
         "protocol": analysis_protocol(study),

@@ -171,15 +171,20 @@ def merge(study: Study, variant_name: str, adapter_dir: str, output_dir: str) ->
 
 
 def select_probes(study: Study, probe: str, output: str) -> None:
-    from finetox.data import load_probes
-
+    """The prompts of one probe set that the run uses; every source row left out is counted by reason, in the
+    log (a line per reason) and in the table's provenance (`dropped`), which the report's setup shows."""
+    from finetox.data import select_probes as selection
     from finetox.hub import table_record
 
     source = study.probes[probe].source
-    table = load_probes(study.probes[probe], study.seed)[["prompt_id", "subset", "prompt"]]
+    table, dropped = selection(study.probes[probe], study.seed)
+    table = table[["prompt_id", "subset", "prompt"]]
+    print(f"probes {probe}: {len(table)} prompts kept, {sum(dropped.values())} source rows left out", flush=True)
+    for reason, count in dropped.items():
+        print(f"probes {probe}: left out {count}: {reason}", flush=True)
     tables.write_parquet(table, output, "probes", _provenance(
         study, stages={"probes": _stage(dataset=table_record(source))}, probe=probe,
-        sizes=table["subset"].value_counts().to_dict(),
+        sizes=table["subset"].value_counts().to_dict(), dropped=dropped,
     ))
 
 
@@ -318,7 +323,7 @@ def capability(study: Study, variant_name: str, output: str, provenance_output: 
 
     from finetox.data import load_instructions
     from finetox.checkpoints import load_tokenizer
-    from finetox.helpfulness import reference_nll
+    from finetox.helpfulness import NLL_CONVENTION, reference_nll
     from finetox.hub import model_record, table_record
 
     settings, source = study.capability, study.capability_source
@@ -347,38 +352,49 @@ def capability(study: Study, variant_name: str, output: str, provenance_output: 
                   "capability": _stage(model=model_record(checkpoint), dataset=table_record(source))}
         with tables.atomic_path(provenance_output) as tmp:
             tmp.write_text(json.dumps(_provenance(study, stages=stages, variant=variant_name, examples=len(examples),
-                                                  capability=settings), indent=1, default=str))
+                                                  capability=settings, nll_convention=NLL_CONVENTION),
+                                      indent=1, default=str))
 
 
 def capability_table(study: Study, files: list[str], output: str, comparisons_output: str) -> None:
     """results/tables/capability.csv (per variant: NLL per reference-answer token, with its interval) and
-    results/tables/capability_comparisons.csv (per comparison: the paired difference and its verdict)."""
-    from finetox.helpfulness import capability_comparisons, capability_summary
+    results/tables/capability_comparisons.csv (per comparison: the paired difference and its verdict, or why it
+    was skipped: a variant scored elsewhere has no model to score reference answers with)."""
+    from finetox.helpfulness import COMPUTED, capability_comparisons, capability_summary
 
     frames = [tables.read_csv(path, "capability") for path in files]
     per_example = (pd.concat(frames, ignore_index=True) if frames
                    else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["capability"].items()}))
-    prob = study.compare_settings["hdi_prob"]
-    tables.write_csv(capability_summary(per_example, prob, study.seed), output, "capability_summary")
-    tables.write_csv(capability_comparisons(per_example, study.comparisons.values(), prob, study.seed),
-                     comparisons_output, "capability_comparisons")
+    prob, settings = study.compare_settings["hdi_prob"], study.capability
+    absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score "
+                      f"reference answers with" for v in study.variants.values() if v.external}
+    tables.write_csv(capability_summary(per_example, prob, study.seed, settings["replicates"]), output,
+                     "capability_summary")
+    comparisons = capability_comparisons(per_example, study.comparisons.values(), prob, study.seed,
+                                         settings["replicates"], settings["margin"], absent)
+    for row in comparisons[comparisons["status"] != COMPUTED].itertuples():
+        print(f"capability: comparison {row.comparison} {row.status}", flush=True)
+    tables.write_csv(comparisons, comparisons_output, "capability_comparisons")
 
 
 def _fit_settings(study: Study, cores: int):
     from finetox.compare import FitSettings
+    from finetox.decision import rope_of
 
     settings = study.compare_settings
     return FitSettings(
-        hdi_prob=settings["hdi_prob"], prior=settings["prior"], prior_sigma=settings["prior_sigma"],
-        rope=settings["rope"], draws=settings["draws"], tune=settings["tune"], chains=settings["chains"],
-        seed=study.seed, cores=cores, best_max_prompts=settings["best_max_prompts"],
+        hdi_prob=settings["hdi_prob"], prior=settings["prior"], rope=rope_of(settings["rope"]),
+        draws=settings["draws"], tune=settings["tune"], chains=settings["chains"], seed=study.seed, cores=cores,
+        best_max_prompts=settings["best_max_prompts"], primary_subset=settings["primary_subset"],
     )
 
 
 def _write_analysis(rows: pd.DataFrame, idata, output: str, posterior: str) -> None:
-    """One analysis' table and posterior (netCDF), each written atomically."""
+    """One analysis' table and posterior (netCDF; an empty one where nothing was sampled), each written atomically."""
+    import arviz as az
+
     with tables.atomic_path(posterior) as tmp:
-        idata.to_netcdf(str(tmp))
+        (idata if idata is not None else az.InferenceData()).to_netcdf(str(tmp))
     with tables.atomic_path(output) as tmp:
         rows.to_csv(tmp, index=False)
 
@@ -389,67 +405,63 @@ def _prompt_tables(paths: list[str], columns: list[str]) -> pd.DataFrame:
     return with_pooled(pd.concat([tables.read_parquet(path, "prompts", columns) for path in paths], ignore_index=True))
 
 
-def compare(study: Study, probe: str, protocol: str, scorer: str, metric_files: list[str], prompt_files: list[str],
-            output: str, posterior: str, pooled_output: str, cores: int = 1) -> None:
-    """The verdicts of every comparison of one probe set x protocol x scorer, from one rates fit of the
-    variants' metrics, the paired analysis from their per-prompt tables, and each comparison kind pooled
-    across families."""
-    from finetox.compare import compare_rates, in_words_of, pooled_differences, pooled_failed, pools_of
-    from finetox.metrics import comparison_units
+def compare(study: Study, probe: str, protocol: str, scorer: str, prompt_files: list[str], output: str,
+            posterior: str, pooled_output: str, cores: int = 1) -> None:
+    """The verdicts of every comparison of one probe set x protocol x scorer, exact (finetox.compare) from the
+    variants' per-prompt tables, and each comparison kind pooled across families (its posterior in `posterior`)."""
+    from finetox.compare import compare_rates, in_words_of
+    from finetox.pooling import pooled_estimates
 
-    metrics = pd.concat([tables.read_csv(path, "toxicity") for path in metric_files], ignore_index=True)
-    prompts = _prompt_tables(prompt_files, ["variant", "subset", "prompt_id", "toxic"])
+    prompts = _prompt_tables(prompt_files, ["variant", "subset", "prompt_id", "samples", "toxic"])
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
     settings = _fit_settings(study, cores)
-    rows, idata = compare_rates(comparison_units(metrics), comparisons, settings, prompts)
-    pools, skipped = pools_of(rows, _pool_groups(study, comparisons))
-    for reason in skipped:
-        print(f"not pooled: {reason}", flush=True)
-    try:
-        pooled = pooled_differences(rows, pools, settings)
-    except Exception as error:  # the pooled estimate is secondary: a fit that cannot run never blocks the verdicts
-        traceback.print_exc()
-        pooled = pooled_failed(pools, error)
-    for status in pooled["status"]:
-        if status != "ok":
-            print(f"pooled {probe}/{protocol}/{scorer}: {status}", file=sys.stderr, flush=True)
+    rows = compare_rates(prompts, comparisons, settings)
+    # a pool that is not fitted, or whose fit fails (sampling.fit_errors), is a row saying why; any other error
+    # fails the job
+    pooled, idata = pooled_estimates(rows, _pool_members(study, comparisons), settings)
+    for row in pooled[pooled["status"] != "ok"].itertuples():
+        print(f"pooled {probe}/{protocol}/{scorer} {row.pool}/{row.subset}: {row.status}", file=sys.stderr, flush=True)
     measure = study.scorers[scorer].measures
     labels = {"probe": probe, "protocol": protocol, "scorer": scorer, "measure": measure}
     tables.write_csv(in_words_of(pooled, measure).assign(**labels), pooled_output, "pooled")
     _write_analysis(in_words_of(rows, measure).assign(**labels), idata, output, posterior)
 
 
-def _pool_groups(study: Study, comparisons) -> dict[str, tuple[str, str, str]]:
-    """Comparison -> (pool label, kind, family) for the derived comparisons: a kind is pooled across families,
-    separately per recipe for fine-tunes (a Dolly fine-tune and a safety fine-tune answer different questions).
+def _pool_members(study: Study, comparisons) -> dict:
+    """Comparison -> its pooling.Member for the derived comparisons: a kind is pooled across families, separately
+    per recipe pool for fine-tunes (a Dolly fine-tune and a safety fine-tune answer different questions; a recipe's
+    `pool_as`, default its name, puts variants of one recipe, such as Phi-3's fused-module Dolly, in one pool).
     Hand-declared pairs are not pooled."""
-    groups = {}
+    from finetox.pooling import Member
+
+    members = {}
     for c in comparisons:
         if c.kind == "pair":
             continue
         treatment = study.variants[c.treatment]
-        label = f"{c.kind} ({treatment.recipe.name})" if treatment.recipe else c.kind
-        groups[c.name] = (label, c.kind, treatment.family)
-    return groups
+        label = f"{c.kind} ({treatment.recipe.pool})" if treatment.recipe else c.kind
+        members[c.name] = Member(label, c.kind, treatment.family)
+    return members
 
 
 def best(study: Study, probe: str, protocol: str, scorer: str, prompt_files: list[str], output: str, posterior: str,
          cores: int = 1) -> None:
     """BEST on per-prompt mean scores (from the variants' per-prompt tables) for every comparison of one probe
-    set x protocol x scorer. BEST is secondary: a fit that fails, or cannot run, is written down as failed
-    (`best_status`, with its diagnostic or error) and the verdicts go on without it."""
-    import arviz as az
-
-    from finetox.compare import best_failed, compare_scores, shared_subsets
+    set x protocol x scorer. BEST is secondary: a fit that fails (its gates, its sampler, degenerate data:
+    sampling.fit_errors) is written down as failed (`best_status`, with its diagnostic or error) and the verdicts go
+    on without it; any other error (memory, a bug) fails the job, so that a retry with more memory can fire."""
+    from finetox.best import best_failed, compare_scores
+    from finetox.compare import shared_subsets
+    from finetox.sampling import fit_errors
 
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
     means = _prompt_tables(prompt_files, ["variant", "subset", "prompt_id", "mean_score"])
     try:
         rows, idata = compare_scores(means, comparisons, _fit_settings(study, cores))
-    except Exception as error:  # sampling errors of degenerate data come in many types
+    except fit_errors() as error:
         traceback.print_exc()
         subsets = shared_subsets(set(zip(means["variant"], means["subset"])), comparisons)
-        rows, idata = best_failed(comparisons, subsets, error), az.InferenceData()
+        rows, idata = best_failed(comparisons, subsets, error), None
     for status in rows["best_status"]:
         if status != "ok":
             print(f"BEST {probe}/{protocol}/{scorer}: {status}", file=sys.stderr, flush=True)
@@ -493,6 +505,9 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                 if training_logs else pd.DataFrame())
     sizes = {probe: tables.read_parquet(path, "probes")["subset"].value_counts().to_dict()
              for probe, path in probe_tables.items()}
+    # (a probes table written before rows left out were counted has no `dropped`: the report shows none for it)
+    probe_meta = {probe: tables.provenance_of(path) for probe, path in probe_tables.items()}
+    dropped = {probe: meta["dropped"] for probe, meta in probe_meta.items() if "dropped" in meta}
     posteriors = {key: az.from_netcdf(path) for key, path in posterior_files.items()}
     written = [_written_provenance(path) for path in (*score_files.values(), *adapters)]
     provenance = [(meta.get("variant"), meta.get("stages", {})) for meta in written]
@@ -510,7 +525,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                         report_instances(study, probe_tables, score_files, prompt_files, settings["instances"],
                                          settings["embed_continuations"]), examples,
                         capability=_read_if_there(capability_csv, "capability_summary"),
-                        capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"))
+                        capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"),
+                        probe_dropped=dropped)
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 
@@ -554,6 +570,9 @@ def report_instances(study: Study, probe_tables: dict[str, str], score_files: di
                 for v in (c.baseline, c.treatment):
                     wanted.setdefault((scorer, v), set()).update(rows["prompt_id"])
         paths = {(scorer, v): path for (p, q, scorer, v), path in score_files.items() if (p, q) == (probe, protocol)}
+        if not paths:  # tables scored elsewhere on other probe sets x protocols only (config.load allows it)
+            everything[(probe, protocol)] = None
+            continue
         per_scorer: dict[str, int] = {}  # each scorer scores the same continuations: count one scorer's rows
         for (scorer, _), path in paths.items():
             per_scorer[scorer] = per_scorer.get(scorer, 0) + pq.ParquetFile(path).metadata.num_rows

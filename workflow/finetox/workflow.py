@@ -166,11 +166,24 @@ class Targets:
         model = self.study.checkpoint(variant)
         return {"model": model.path} if model.path else {}
 
+    def training_inputs(self, variant: str) -> dict[str, str]:
+        """The checkpoint a fine-tune trains on and the local files of its recipe's datasets (so that editing one
+        retrains it, and what follows); none for Hub datasets, whose `revision` is in the rerun digest."""
+        inputs = self.model_inputs(variant)
+        for dataset in self.study.variants[variant].recipe.datasets:
+            if dataset.path:
+                inputs[f"dataset_{dataset.name}"] = dataset.path
+        return inputs
+
     def capability_inputs(self, variant: str) -> dict[str, str]:
-        """The checkpoint a capability job loads and, for a fine-tuned variant, its adapter."""
+        """The checkpoint a capability job loads, for a fine-tuned variant its adapter, and the reference set's
+        local file (editing it rescores every variant)."""
         inputs = self.model_inputs(variant)
         if self.study.variants[variant].recipe:
             inputs["adapter"] = self.adapter(variant)
+        source = self.study.capability_source
+        if source is not None and source.path:
+            inputs["dataset"] = source.path
         return inputs
 
     def probe_inputs(self, probe: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ rule capability_table:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        # the interval probability and the comparisons (and the seed of their bootstrap)
-        settings=[STUDY.comparisons_hash(), STUDY.seed],
+        # the interval probability, the comparisons, the seed and replicates of their bootstrap, the margin
+        settings=STUDY.capability_table_hash(),
     script:
         "../scripts/capability_table.py"

@@ -1,9 +1,5 @@
 rule compare:
     input:
-        metrics=lambda wildcards: [
-            TARGETS.metrics(wildcards.probe, wildcards.protocol, wildcards.scorer, v)
-            for v in TARGETS.compared_variants(**wildcards)
-        ],
         prompts=lambda wildcards: [
             TARGETS.prompt_metrics(
                 wildcards.probe, wildcards.protocol, wildcards.scorer, v
@@ -27,6 +23,7 @@ rule compare:
         comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
         settings=STUDY.comparisons_hash(),
         seed=STUDY.seed,
+        pools={name: recipe.pool for name, recipe in STUDY.recipes.items()},
     script:
         "../scripts/compare.py"
 

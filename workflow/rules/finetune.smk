@@ -1,6 +1,6 @@
 rule finetune:
     input:
-        unpack(lambda wildcards: TARGETS.model_inputs(wildcards.variant)),
+        unpack(lambda wildcards: TARGETS.training_inputs(wildcards.variant)),
     output:
         adapter=directory(TARGETS.adapter("{variant}")),
         loss=TARGETS.training_log("{variant}"),
