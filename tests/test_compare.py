@@ -120,3 +120,35 @@ def test_degenerate_scores_are_a_failed_row_and_a_malformed_table_fails():
     assert {DiagnosticsError, DegenerateDataError, SamplingError, FloatingPointError} <= set(caught)
     for bug in (MemoryError(), OSError(), KeyError("x"), TypeError(), ValueError(), RuntimeError()):
         assert not isinstance(bug, caught)
+
+
+@pytest.mark.parametrize("error, reported", [(MemoryError("out of memory"), False), (OSError("disk full"), False),
+                                             (AttributeError("a bug"), False), (FloatingPointError("overflow"), True)])
+def test_the_best_stage_reports_fit_errors_and_fails_on_the_others(config, tmp_path, monkeypatch, error, reported):
+    """The stage around BEST: a sampler's error is a failed row written to its table; MemoryError, OSError and a
+    programming error leave the stage (and the job: the SLURM profile retries it with more memory)."""
+    import finetox.best
+    from finetox import stages
+    from finetox.config import load
+    from finetox.workflow import Targets
+
+    study = load(config)
+    variants = Targets(study).compared_variants("demo", "demo", "profanity")
+    means = pd.DataFrame([(v, "all", f"p{i}", 0.1 * i) for v in variants for i in range(5)],
+                         columns=["variant", "subset", "prompt_id", "mean_score"])
+    monkeypatch.setattr(stages, "_prompt_tables", lambda paths, columns: means)
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(finetox.best, "compare_scores", failing)
+    run = lambda: stages.best(study, "demo", "demo", "profanity", [], str(tmp_path / "best.csv"),
+                              str(tmp_path / "best.nc"))
+    if reported:
+        run()
+        rows = pd.read_csv(tmp_path / "best.csv")
+        assert (rows["best_status"] == f"failed: {type(error).__name__}: {error}").all() and len(rows) > 0
+    else:
+        with pytest.raises(type(error)):
+            run()
+        assert not (tmp_path / "best.csv").exists()

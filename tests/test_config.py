@@ -24,7 +24,8 @@ def test_demo_config_derives_the_study_comparisons(config):
         **{f"demo-instruct_vs_{repair}": "instruct_vs_aligned" for repair in REPAIRS},
         **{f"demo-instruct-rude_vs_{repair}": "finetuned_vs_aligned" for repair in REPAIRS},
         "seed-control": "pair",
-        "swapped-dpo-control": "pair",
+        "signal-control": "pair",
+        "swapped-dpo": "pair",
     }
     assert study.variants["demo-instruct-rude"].recipe.datasets[0].path.endswith("instructions_rude.jsonl")
     # defaults from the schema are filled in

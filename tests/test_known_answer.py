@@ -166,17 +166,31 @@ def test_every_comparison_row_matches_the_exact_posterior(known_run):
 
 def test_the_pooled_table_pools_the_fine_tunes_of_both_families(known_run):
     _, tables, work = known_run
-    pooled = tables["pooled"]
-    # base_vs_instruct has one family only: not pooled, and the log says why
-    assert set(pooled["pool"]) == {"instruct_vs_finetuned"} and (pooled["families"] == 2).all()
-    assert sorted(pooled["subset"]) == sorted([*SUBSETS, "all"])
-    assert (pooled["comparisons"] == "i1_vs_ft1;i2_vs_ft2").all() and (pooled["status"] == "ok").all()
-    comparisons = tables["comparisons"].set_index(["comparison", "subset"])
-    for _, row in pooled.iterrows():
-        rise, null = (comparisons.loc[(c, row["subset"]), "diff"] for c in ("i1_vs_ft1", "i2_vs_ft2"))
-        assert min(rise, null) - 0.05 < row["pooled_mean"] < max(rise, null) + 0.05
-        assert row["pooled_hdi_low"] < row["pooled_mean"] < row["pooled_hdi_high"]
+    pooled = tables["pooled"].set_index(["pool", "subset"])
+    # base_vs_instruct has one family only: a row per subset that says so, in the table, the log and the report
+    assert set(pooled.index) == {(pool, s) for pool in ("instruct_vs_finetuned", "base_vs_instruct") for s in [*SUBSETS, "all"]}
+    single = pooled.loc["base_vs_instruct"]
+    assert (single["status"] == "not pooled: one family (f1) only, 1 comparison(s): nothing to pool across").all()
+    assert single["odds_ratio"].isna().all()
+    fitted = pooled.loc["instruct_vs_finetuned"]
+    assert (fitted["families"] == 2).all() and (fitted["comparisons"] == "i1_vs_ft1;i2_vs_ft2").all()
+    assert (fitted["status"] == "ok").all() and (fitted["unit"] == "prompt").all()
+    assert (fitted["decision_rule"] == "HDI excludes 0 (the study's)").all() and (fitted["scale"] == "absolute").all()
+    for subset, row in fitted.iterrows():
+        assert row["odds_ratio_hdi_low"] < row["odds_ratio"] < row["odds_ratio_hdi_high"]
+        # the rate difference is the odds ratio at the stated baseline rate (medians map through a monotone map)
+        rate = row["baseline_rate"]
+        treated = 1 / (1 + (1 - rate) / (rate * row["odds_ratio"]))
+        assert row["rate_diff"] == pytest.approx(treated - rate, abs=2e-3)
+        assert row["effect_hdi_low"] == row["rate_diff_hdi_low"] and row["effect_hdi_high"] == row["rate_diff_hdi_high"]
+        assert bool(pd.notna(row["new_family_note"])) == (row["tau_q90"] > 0.75 * row["tau_prior_q90"])
+    # all prompts: the rise's odds ratio is (38.5 / 82.5) / (11.5 / 109.5) = 4.4 (halves added), the null's 1; the
+    # pooled odds ratio lies between them, and a new family's interval is wider than the pooled one
+    everything = fitted.loc["all"]
+    assert 1 < everything["odds_ratio"] < 4.44
+    assert everything["new_family_or_hdi_high"] > everything["odds_ratio_hdi_high"]
     log = (work / "logs/compare/planted/three/theirs.log").read_text()
-    assert "not pooled: base_vs_instruct/all: one family (f1) only" in log
+    assert "base_vs_instruct/all: not pooled: one family (f1) only" in log
     report = (work / "results/report/report.html").read_text()
+    assert "not pooled: one family (f1) only" in report
     assert "Pooled across families" in report and "HDI excludes 0 (the study&#39;s)" in report

@@ -30,8 +30,8 @@ def grid_posterior(counts):
     likelihood of theta with the baseline's intercept integrated out on a grid under its Logistic(0, 1) prior; then
     the (mu, tau) grid, theta integrated against Normal(mu, tau) (on the theta grid, or by Gauss-Hermite nodes where
     tau is smaller than the theta grid resolves). Returns the mu grid, the tau grid and the joint density."""
-    intercept = np.arange(-9, 3, 0.004)
-    theta = np.arange(-3, 5, 0.005)
+    intercept = np.arange(-8, 1, 0.005)
+    theta = np.arange(-2.5, 3.5, 0.01)
     log_prior = stats.logistic.logpdf(intercept)
     likelihoods = []
     for _, _, _, kb, nb, kt, nt in counts:
@@ -39,21 +39,23 @@ def grid_posterior(counts):
         treated = stats.binom.logpmf(kt, nt, expit(intercept[:, None] + theta[None, :]))
         likelihood = logsumexp(log_prior[:, None] + base + treated, axis=0)
         likelihoods.append(np.exp(likelihood - likelihood.max()))
-    mu = np.arange(-2.5, 3.5, 0.01)
-    tau = np.arange(0.005, 4, 0.01)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    mu = np.arange(-1.5, 2.5, 0.01)
+    tau = np.arange(0.005, 3.5, 0.01)  # HalfNormal(1) leaves 0.05% of its mass above 3.5
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
     weights = weights / weights.sum()
     log_density = stats.norm.logpdf(mu, 0, pooling.MU_PRIOR_SD)[:, None] + \
         stats.halfnorm.logpdf(tau, scale=pooling.TAU_PRIOR_SD)[None, :]
+    offsets = theta[None, :] - mu[:, None]
     for likelihood in likelihoods:
+        support = likelihood > 1e-12  # (the theta grid's end is far below this for every comparison)
         marginal = np.empty((len(mu), len(tau)))
         for i, t in enumerate(tau):
             if t < 0.1:  # narrower than the theta grid resolves well: Gauss-Hermite on an interpolated likelihood
                 points = mu[:, None] + t * nodes[None, :]
-                marginal[:, i] = (np.interp(points, theta, likelihood, left=0, right=0) * weights).sum(axis=1)
+                marginal[:, i] = np.interp(points, theta, likelihood, left=0, right=0) @ weights
             else:
-                kernel = stats.norm.pdf(theta[None, :], mu[:, None], t) * 0.005
-                marginal[:, i] = kernel @ likelihood
+                kernel = np.exp(-0.5 * (offsets[:, support] / t) ** 2) * (0.01 / (t * np.sqrt(2 * np.pi)))
+                marginal[:, i] = kernel @ likelihood[support]
         log_density = log_density + np.log(np.maximum(marginal, 1e-300))
     density = np.exp(log_density - log_density.max())
     return mu, tau, density / density.sum()
@@ -88,11 +90,11 @@ def test_the_pooled_odds_ratio_matches_a_grid_posterior_of_the_same_model():
     mu_mass, tau_mass = density.sum(axis=1), density.sum(axis=0)
     low, high = grid_hdi(mu, mu_mass, mu_mass, 0.95)
     error = row["hdi_mc_error"]  # on the log-odds scale: the ROPE's
-    assert 0 < error < 0.05
+    assert 0 < error < 0.1
     assert np.log(row["odds_ratio"]) == pytest.approx(grid_quantile(mu, mu_mass, 0.5), abs=0.03)
     assert np.log(row["odds_ratio_hdi_low"]) == pytest.approx(low, abs=4 * error + 0.01)
     assert np.log(row["odds_ratio_hdi_high"]) == pytest.approx(high, abs=4 * error + 0.01)
-    assert row["scale"] == "log-odds" and row["effect_hdi_low"] == row["odds_ratio_hdi_low"]
+    assert row["scale"] == "log-odds" and row["effect_hdi_low"] == pytest.approx(row["odds_ratio_hdi_low"])
     assert row["tau_median"] == pytest.approx(grid_quantile(tau, tau_mass, 0.5), abs=0.05)
     assert row["tau_q90"] == pytest.approx(grid_quantile(tau, tau_mass, 0.9), abs=0.1)
     assert row["tau_prior_q90"] == pytest.approx(1.645, abs=1e-3)
@@ -151,7 +153,8 @@ def test_every_pool_is_a_row_and_only_fit_errors_become_failed_rows():
     labels = {"probe": "p", "protocol": "q", "scorer": "s", "measure": "toxicity"}
     assert list(conform(out.assign(**labels), "pooled", "test").columns[:4]) == ["probe", "protocol", "scorer", "measure"]
     # two comparisons of one family share its instruct model: its counts enter the model once
-    data = pooling.model_data(pooling.pool_counts(pooling.pools_of(rows, members)[1], rows))
+    community = next(p for p in pooling.pools_of(rows, members) if p.label == "instruct_vs_community")
+    data = pooling.model_data(pooling.pool_counts(community, rows))
     assert data[["baseline", "treated", "toxic", "n"]].values.tolist() == [
         ["ia", 0.0, 5, 100], ["ia", 1.0, 9, 100], ["ia", 1.0, 12, 100]]
     with pytest.raises(ValueError, match=r"lack column\(s\) \['n_treatment'\]"):

@@ -20,7 +20,7 @@ priors, their reasons and a prior predictive check are in config/README.md ("The
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,12 @@ BASELINE_PRIOR_SCALE = 1.0  # Logistic(0, 1): uniform on the rate
 MU_PRIOR_SD = 2.0
 TAU_PRIOR_SD = 1.0
 #: the sampler's target acceptance: with 2-5 comparisons, tau's posterior is wide and NUTS needs small steps (measured
-#: on 12 planted pools, non-centred: 0.95 left divergences in some, 0.99 in 1 of 12; centred was worse either way)
-TARGET_ACCEPT = 0.99
+#: on 12 planted pools, non-centred: 0.95 left divergences in some, 0.99 one divergence in 1 of 12; centred was worse
+#: either way); a refit (gated: twice the draws) takes smaller steps still
+TARGET_ACCEPT, REFIT_TARGET_ACCEPT = 0.99, 0.998
+#: the pooled model's draws per chain at least (tau mixes slowly: its tail ESS is about a fifth of the draws, so 1,000
+#: draws per chain often miss the gates' 400; with nutpie, compiling costs more than sampling)
+MIN_DRAWS = 2000
 #: a new family's interval is mostly prior when tau's posterior 90% quantile is above this share of its prior's
 MOSTLY_PRIOR = 0.75
 FORMULA = "p(toxic, n) ~ 0 + baseline + treated + (0 + treated | comparison)"
@@ -136,14 +140,14 @@ def priors():
             EFFECTS: bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=TAU_PRIOR_SD))}
 
 
-def fit_pool(data: pd.DataFrame, settings: FitSettings, seed: int):
+def fit_pool(data: pd.DataFrame, settings: FitSettings, seed: int, target_accept: float = TARGET_ACCEPT):
     """One pool's posterior (bambi, binomial on the counts)."""
     import bambi as bmb
 
     model = bmb.Model(FORMULA, data, family="binomial", priors=priors(), noncentered=True)
     return model.fit(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=settings.cores,
                      random_seed=seed, progressbar=False, inference_method=fastest_sampler(),
-                     target_accept=TARGET_ACCEPT)
+                     target_accept=target_accept)
 
 
 def baseline_rate(counts: pd.DataFrame) -> float:
@@ -206,6 +210,7 @@ def pooled_estimates(rows: pd.DataFrame, members: dict[str, Member],
     with the reason in `status`; and the fitted pools' posteriors of mu and tau as one InferenceData (None when
     none was fitted). Any other error (a malformed frame, memory) is raised: it fails the job."""
     out, posteriors = [], {}
+    settings = replace(settings, draws=max(settings.draws, MIN_DRAWS))
     for pool in pools_of(rows, members):
         counts = pool_counts(pool, rows)
         row = {"pool": pool.label, "kind": pool.kind, "subset": pool.subset, "comparisons": ";".join(pool.comparisons),
@@ -218,14 +223,16 @@ def pooled_estimates(rows: pd.DataFrame, members: dict[str, Member],
         seed = int(keyed_rng(settings.seed, "pooled", pool.name).integers(2**31))
         try:
             data = model_data(counts)
-            idata, diag, failures = gated(lambda st: fit_pool(data, st, seed),
+            idata, diag, failures = gated(lambda st: fit_pool(data, st, seed, TARGET_ACCEPT if st == settings
+                                                              else REFIT_TARGET_ACCEPT),
                                           lambda idata, p: ([MU, TAU], None), [pool], settings,
                                           f"pooled {pool.name}", strict=False)
         except fit_errors() as error:
             out.append({**row, "status": failure_status(error)})
             continue
         if failures:  # estimates of a posterior that failed its gates (after a refit) are not reported
-            out.append({**row, **diag[pool.name], "status": f"failed: {failures[pool.name]}"})
+            out.append({**row, **diag[pool.name], "status": f"failed: its diagnostics after a refit with "
+                                                           f"{2 * settings.draws} draws per chain: {failures[pool.name]}"})
             continue
         mu, tau = posterior_draws(idata, MU), posterior_draws(idata, TAU)
         out.append({**row, **summarise_pool(pool, counts, mu, tau, settings), **diag[pool.name], "status": "ok"})
