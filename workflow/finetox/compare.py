@@ -18,7 +18,7 @@ import pandas as pd
 
 from finetox import decision, rates
 from finetox.config import MIN_ESS, Comparison
-from finetox.decision import LESS, MORE, WORDING, Rope
+from finetox.decision import WORDING, Rope
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 hierarchical binomial model (bambi) on the raw counts, with its verdict, its Monte Carlo error and the interval of
 a new family; a pool that cannot be fitted is a row that says why.
 
-The model of one pool (a kind, or a kind and a recipe pool, on one subset of one probe set x protocol x scorer).
+The model of one pool (a kind, or a kind and a recipe pool, on one subset of one probe set x protocol x scorer:
+the compare stage pools the primary subset).
 Each baseline variant b has an intercept, each comparison j an effect on the log-odds of a toxic unit:
 
     toxic_b ~ Binomial(n_b, expit(alpha_b))                      every baseline variant b of the pool, once

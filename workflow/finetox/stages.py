@@ -416,9 +416,10 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, prompt_files: 
     comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
     settings = _fit_settings(study, cores)
     rows = compare_rates(prompts, comparisons, settings)
-    # a pool that is not fitted, or whose fit fails (sampling.fit_errors), is a row saying why; any other error
+    # pooled on the primary subset only: the headline question, one fit per pool rather than one per subset.
+    # A pool that is not fitted, or whose fit fails (sampling.fit_errors), is a row saying why; any other error
     # fails the job
-    pooled, idata = pooled_estimates(rows, _pool_members(study, comparisons), settings)
+    pooled, idata = pooled_estimates(rows[rows["primary"]], _pool_members(study, comparisons), settings)
     for row in pooled[pooled["status"] != "ok"].itertuples():
         print(f"pooled {probe}/{protocol}/{scorer} {row.pool}/{row.subset}: {row.status}", file=sys.stderr, flush=True)
     measure = study.scorers[scorer].measures
