@@ -11,6 +11,8 @@ from conftest import REPO
 from finetox import generation, stages, tables
 from finetox.config import ModelSource, Protocol, load
 from finetox.generation import (
+    Request,
+    SegmentWork,
     TransformersBackend,
     VLLMBackend,
     encode_prompts,
@@ -38,7 +40,7 @@ def continuations_of(probes, variant, protocol, prompt_format, seed, backend, ad
 
 def closing_line(log: str, variant: str) -> tuple[int, int, int]:
     """Prompts, continuations and new tokens of a variant's closing line in a job log."""
-    found = re.findall(rf"^generate {variant} done: (\d+) prompts, (\d+) continuations, (\d+) new tokens, "
+    found = re.findall(rf"^generate {variant} done: (\d+)/\d+ prompts, (\d+) continuations, (\d+) new tokens, "
                        rf"[\d.]+ s, [\d.]+ tokens/s, [\d.]+ prompts/s$", log, re.M)
     assert len(found) == 1, log
     return tuple(map(int, found[0]))
@@ -152,7 +154,7 @@ def test_merged_adapter_gives_the_same_greedy_text_as_unmerged(shared_engine, ti
 
 
 def test_an_adapter_that_is_not_loaded_is_named(reference, probes):
-    with pytest.raises(KeyError, match="adapter 'polite' is not loaded; loaded: \\['clean', 'rude'\\]"):
+    with pytest.raises(KeyError, match="adapter\\(s\\) \\['polite'\\] not loaded; loaded: \\['clean', 'rude'\\]"):
         continuations_of(probes, "v", GREEDY, "raw", 1, reference, "polite")
 
 
@@ -179,7 +181,7 @@ def test_both_backends_stop_on_every_eos_id_of_the_generation_config(tiny_models
 
     def greedy(backend_class, path):
         with backend_class(model(path), {}, VLLM_SETTINGS, tokenizer, max_model_len) as backend:
-            return [samples[0] for samples in backend.generate(prompts.token_ids, [0] * len(probes), GREEDY)]
+            return [samples[0] for samples in backend.generate([Request(ids, 0, GREEDY) for ids in prompts.token_ids])]
 
     free = greedy(TransformersBackend, tiny_models["instruct"])
     tokens = free[0].token_ids
@@ -238,52 +240,113 @@ def test_each_variant_ends_with_a_closing_line_in_the_log(engine, request, probe
     assert closing_line(capsys.readouterr().err, "rude") == counts
 
 
-def test_progress_lines_between_calls_change_no_continuation(shared_engine, many, monkeypatch, capsys):
-    protocol = Protocol(name="rtp", samples=2, temperature=1.0, top_p=0.9, max_new_tokens=4, prompt_format="raw",
-                        seed=1)
-    whole = continuations_of(many, "rude", protocol, "raw", 3, shared_engine, "rude")
-    monkeypatch.setattr(shared_engine, "min_chunk", 50)
-    capsys.readouterr()
-    in_calls = continuations_of(many, "rude", protocol, "raw", 3, shared_engine, "rude")
-    assert in_calls["continuation"].tolist() == whole["continuation"].tolist()
-    log = capsys.readouterr().err
-    assert re.findall(r"^generate rude: (\d+)/120 prompts, (\d+) continuations", log, re.M) == [
-        ("50", "100"), ("100", "200")]
-    assert closing_line(log, "rude") == (120, 240, in_calls["continuation_tokens"].sum())
+@pytest.mark.parametrize("engine", ["shared_engine", "reference"])
+def test_one_call_mixing_protocols_and_adapters_gives_each_requests_own_continuations(engine, request, probes, many):
+    """A generate job submits every probe set, protocol and adapter of its chunk in one call (vLLM keeps its batch
+    full): each request's continuations are those it gets in a call of its own kind."""
+    backend = request.getfixturevalue(engine)
+    tokenizer = backend.tokenizer
+    work = [SegmentWork("rude", encode_prompts(many.iloc[:20], "raw", tokenizer), SAMPLED, 3, "rude"),
+            SegmentWork("instruct", encode_prompts(probes, "raw", tokenizer), GREEDY, 1),
+            SegmentWork("clean", encode_prompts(probes, "chat", tokenizer), SAMPLED, 4, "clean")]
+    mixed = backend.generate([r for w in work for r in w.requests()])
+    alone = [c for w in work for c in backend.generate(w.requests())]
+    assert [[c.token_ids for c in samples] for samples in mixed] == [[c.token_ids for c in samples] for samples in alone]
+    assert [len(samples) for samples in mixed] == [3] * 20 + [1] * 3 + [3] * 3
 
 
-def test_calls_keep_transformers_batches_whole_and_vllm_batches_large(shared_engine, reference):
-    assert reference.chunk_size(1000) == 112 and reference.chunk_size(3) == 16  # batch_size 16
-    assert shared_engine.chunk_size(100_000) == 10_000 and shared_engine.chunk_size(1000) == 512
-
-
-def demo_study(config: dict, tiny_models, backend: str):
-    """The demo config on the tiny instruct model, generating with `backend`."""
+def demo_study(config: dict, tiny_models, backend: str, **generation_settings):
+    """The demo config on the tiny instruct model alone and reseeded (one engine, no adapters), generating with
+    `backend`."""
     config["models"]["demo-instruct"] = {"path": str(tiny_models["instruct"])}
-    config["generation"]["backend"] = backend
+    config["variants"] = {name: config["variants"][name] for name in ("demo-instruct", "demo-instruct-reseeded")}
+    config["comparisons"]["pairs"] = [p for p in config["comparisons"]["pairs"] if p["name"] == "seed-control"]
+    config["generation"].update(backend=backend, **generation_settings)
     for table in (*config["datasets"].values(), *config["probes"].values()):
         table["path"] = str(REPO / table["path"])
     return load(config)
 
 
+def run_generate(study, probes_table, output):
+    stages.generate(study, "demo-instruct", 0, {"demo": str(probes_table)}, str(output), {}, [str(probes_table)])
+
+
 @pytest.mark.parametrize("backend", ["vllm", "transformers"])
-def test_the_generate_job_logs_its_engine_and_each_variants_throughput(backend, config, tiny_models, tokenizer,
-                                                                       probes, tmp_path, capsys):
-    """The job derives max_model_len from its prompts and says so, with the KV cache, in its log."""
-    study = demo_study(config, tiny_models, backend)
+def test_the_generate_job_logs_its_engine_chunks_and_engine_time(backend, config, tiny_models, tokenizer, probes,
+                                                                 tmp_path, capsys):
+    """The job derives max_model_len from its prompts and says so, with the KV cache, in its log; a progress
+    line per chunk, and a closing line with the engine starts and the engine's own generation time."""
+    study = demo_study(config, tiny_models, backend, chunk_tokens=3 * 2 * 16)  # 3 prompts x 2 samples x 16 tokens
     tables.write_parquet(probes, tmp_path / "probes.parquet", "probes", {})
-    variants = ["demo-instruct", "demo-instruct-reseeded"]
     with capsys.disabled(), stages.job_log(str(tmp_path / "generate.log")):
-        stages.generate(study, variants, "demo", "demo", 0, str(tmp_path / "probes.parquet"), str(tmp_path / "out"), {})
+        run_generate(study, tmp_path / "probes.parquet", tmp_path / "out")
     log = (tmp_path / "generate.log").read_text()
     longest = max(len(ids) for ids in encode_prompts(probes, "raw", tokenizer).token_ids)
     engine_line = re.search(
         rf"^{backend} engine: max_model_len (\d+)(, KV cache \d+ blocks x \d+ tokens = \d+ tokens)?", log, re.M)
     assert engine_line and int(engine_line[1]) == longest + study.protocols["demo"].max_new_tokens
     assert bool(engine_line[2]) == (backend == "vllm")
-    for name in variants:
-        table = tables.read_parquet(tmp_path / "out" / f"{name}.parquet", "generations")
-        assert closing_line(log, name) == (len(probes), len(table), table["continuation_tokens"].sum())
+    # two variants of 3 prompts, a chunk per variant
+    assert re.findall(r"^generate chunk (\d)/2: (\d)/6 prompts", log, re.M) == [("1", "3"), ("2", "6")]
+    assert re.search(r"^generate: 2 chunk\(s\), engine starts: 1, engine start [\d.]+ s, engine generation "
+                     r"[\d.]+ s, job [\d.]+ s$", log, re.M)
+    for name in ("demo-instruct", "demo-instruct-reseeded"):
+        table = tables.read_parquet(tmp_path / "out" / "demo" / "demo" / f"{name}.parquet", "generations")
+        assert len(table) == 6 and set(table["variant"]) == {name}
+    assert not stages_progress(tmp_path / "out").exists()  # removed once the output is in place
+
+
+def stages_progress(output):
+    """Where a generate job writing `output` keeps its progress."""
+    from finetox.progress import store_beside
+
+    return store_beside(output)
+
+
+def test_a_failed_generate_job_resumes_from_its_written_chunks(config, tiny_models, many, tmp_path, monkeypatch):
+    """A job that dies after two of its five chunks leaves no output but its two chunks; the rerun generates only
+    the other three, and writes what one uninterrupted run writes."""
+    study = demo_study(config, tiny_models, "transformers", chunk_tokens=24 * 2 * 16, batch_size=4)
+    probes = many.iloc[:60]
+    tables.write_parquet(probes, tmp_path / "probes.parquet", "probes", {})
+    calls = []
+    real = TransformersBackend.generate
+
+    def dies_on_the_third_call(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 3:
+            raise MemoryError("killed")
+        return real(self, requests)
+
+    monkeypatch.setattr(TransformersBackend, "generate", dies_on_the_third_call)
+    with pytest.raises(MemoryError):
+        run_generate(study, tmp_path / "probes.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and len(list(stages_progress(tmp_path / "out").glob("*.parquet"))) == 2
+    calls.clear()
+    monkeypatch.setattr(TransformersBackend, "generate", lambda self, requests: calls.append(len(requests)) or
+                        real(self, requests))
+    run_generate(study, tmp_path / "probes.parquet", tmp_path / "out")
+    # 2 variants x 60 prompts in chunks of 24 prompts: 24, 24 | 12+12, 24, 24
+    assert calls == [24, 24, 24]
+    run_generate(study, tmp_path / "probes.parquet", tmp_path / "whole")
+    for name in ("demo-instruct", "demo-instruct-reseeded"):
+        resumed, whole = (pd.read_parquet(tmp_path / out / "demo" / "demo" / f"{name}.parquet") for out in ("out", "whole"))
+        pd.testing.assert_frame_equal(resumed, whole)
+
+
+def test_progress_written_under_other_inputs_is_discarded(tmp_path):
+    from finetox.progress import ChunkStore, fingerprint
+
+    source = tmp_path / "probes.parquet"
+    source.write_text("a")
+    store = ChunkStore(tmp_path / "progress", fingerprint([source], {"seed": 1}))
+    store.put(0, "k", pd.DataFrame({"x": [1]}))
+    assert ChunkStore(tmp_path / "progress", fingerprint([source], {"seed": 1})).get(0, "k")["x"].tolist() == [1]
+    assert ChunkStore(tmp_path / "progress", fingerprint([source], {"seed": 2})).get(0, "k") is None
+    store = ChunkStore(tmp_path / "progress", fingerprint([source], {"seed": 1}))
+    store.put(0, "k", pd.DataFrame({"x": [1]}))
+    source.write_text("ab")  # the input's content (here its size) changed
+    assert ChunkStore(tmp_path / "progress", fingerprint([source], {"seed": 1})).found == 0
 
 
 @pytest.mark.parametrize("backend", ["vllm", "transformers"])
@@ -301,6 +364,6 @@ def test_a_prompt_over_the_models_context_fails_before_the_engine_starts(backend
     with pytest.raises(ValueError, match=rf"prompt 'long' has {tokens} tokens: with max_new_tokens 16 it needs "
                                          rf"{tokens + 16}, over the context length of model 'demo-instruct' "
                                          rf"\(max_position_embeddings\) \(256\)"):
-        stages.generate(demo_study(config, tiny_models, backend), ["demo-instruct"], "demo", "demo", 0,
-                        str(tmp_path / "probes.parquet"), str(tmp_path / "out"), {})
+        run_generate(demo_study(config, tiny_models, backend), tmp_path / "probes.parquet", tmp_path / "out")
     assert not list(tmp_path.glob("*out*"))
+

@@ -3,6 +3,7 @@ config's DAG, and sharded generation with shared engines giving the same table a
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,15 +77,16 @@ def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     }
 
 
-def test_study_generation_jobs_are_one_per_checkpoint_and_shard(tmp_path):
-    """After the probes checkpoint: one generate job per checkpoint x probe set x shard (adapters share it)."""
+def test_study_generation_jobs_are_one_per_checkpoint_and_split_by_cost(tmp_path):
+    """After the probes checkpoint: one generate job per checkpoint serves every probe set and its adapters;
+    a checkpoint whose work exceeds generation.tokens_per_job is split into jobs of similar cost."""
     (tmp_path / "rtp.jsonl").write_text(rtp_jsonl(50))
     config = study_config()
     for probe in config["probes"].values():
         probe.pop("hub"), probe.pop("files")
         probe["path"] = str(tmp_path / "rtp.jsonl")
     config["probes"]["rtp"]["sample_per_subset"] = 8  # 16 prompts
-    config["generation"]["prompts_per_shard"] = 6
+    config["generation"]["tokens_per_job"] = None
     # online mode (HF_HUB_OFFLINE=0): the pre-flight would otherwise stop the run for the uncached models;
     # selecting probes from local files touches no network either way
     run_snakemake(tmp_path, config, "--cores", "1", "results/probes/rtp.parquet", "results/probes/rtp-challenging.parquet",
@@ -92,10 +94,14 @@ def test_study_generation_jobs_are_one_per_checkpoint_and_shard(tmp_path):
     sizes = {p: len(pd.read_parquet(tmp_path / f"results/probes/{p}.parquet")) for p in ("rtp", "rtp-challenging", "rtp-severe")}
     assert sizes == {"rtp": 16, "rtp-challenging": 10, "rtp-severe": 5}
     counts = job_counts(run_snakemake(tmp_path, config, "-n").stdout)
-    # 14 checkpoints (20 variants; the 6 Dolly adapters ride on their instruct model's engine);
-    # shards: rtp 3, challenging 2, severe 1
-    assert counts["generate"] == 14 * (3 + 2 + 1)
+    # 14 checkpoints (20 variants; the 6 Dolly adapters ride on their instruct model's engine), one job each
+    assert counts["generate"] == 14
     assert counts["merge_generations"] == 60 and "probes" not in counts
+    # the study protocol asks 1 sample x 50 tokens of 31 prompts: 1,550 estimated tokens per variant; at 2,000 per
+    # job a checkpoint alone takes one job, one with its Dolly adapter two
+    config["generation"]["tokens_per_job"] = 2000
+    counts = job_counts(run_snakemake(tmp_path, config, "-n").stdout)
+    assert counts["generate"] == 8 * 1 + 6 * 2 and counts["merge_generations"] == 60
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +150,18 @@ GENERATIONS = [f"results/generations/rtp/sampled/{v}.parquet" for v in ("tiny-in
 
 
 def test_shards_and_shared_engines_give_the_table_of_one_job_per_variant(hub_cache, tmp_path):
-    """Hub ids resolve offline from the cache; 20 prompts in 3 shards with one engine per checkpoint
-    give exactly the continuations of one unsharded job per variant."""
+    """Hub ids resolve offline from the cache; one engine per checkpoint in 3 jobs (20 prompts x 3 variants,
+    written in chunks) gives exactly the continuations of one unchunked job per variant."""
     one_job, sharded = tmp_path / "one-job", tmp_path / "sharded"
     one_job.mkdir(), sharded.mkdir()
-    run_snakemake(one_job, small_config(prompts_per_shard=None, share_engine=False), "--cores", "2", *GENERATIONS,
+    run_snakemake(one_job, small_config(tokens_per_job=None, share_engine=False), "--cores", "2", *GENERATIONS,
                   "results/metrics/rtp/sampled/profanity/tiny-rude.csv", env=offline_env(hub_cache))
-    run = run_snakemake(sharded, small_config(prompts_per_shard=7, share_engine=True), "--cores", "2", *GENERATIONS,
+    # 3 x 20 prompts x 3 samples x 8 tokens = 1,440 estimated tokens: 3 jobs of 480, each in 5 chunks
+    run = run_snakemake(sharded, small_config(tokens_per_job=500, chunk_tokens=100, share_engine=True), "--cores", "2",
+                        *GENERATIONS,
                         env=offline_env(hub_cache))
     assert "rule finetune" in run.stdout + run.stderr
-    shards = sorted(p.name for p in (sharded / "results/generations/rtp/sampled/shards/tiny").iterdir())
+    shards = sorted(p.name for p in (sharded / "results/generations/shards/tiny").iterdir())
     assert shards == ["0", "1", "2"]
     for target in GENERATIONS:
         a, b = pd.read_parquet(one_job / target), pd.read_parquet(sharded / target)
@@ -163,14 +171,46 @@ def test_shards_and_shared_engines_give_the_table_of_one_job_per_variant(hub_cac
     assert metrics.set_index("subset").loc["all", "n"] == 60
 
 
-def test_a_killed_generation_job_loses_only_its_shard(hub_cache, tmp_path):
-    config = small_config(prompts_per_shard=7, share_engine=True)
+def test_a_generate_job_killed_in_the_middle_resumes_from_its_written_chunks(hub_cache, tmp_path):
+    """Snakemake and its generate job killed (SIGKILL) once some chunks are written: after --unlock, the rerun
+    (--rerun-incomplete, as the profiles set) reuses every written chunk and generates only the rest, and the
+    table equals an uninterrupted run's."""
+    import signal
+    import time
+
+    # a prompt per chunk (the transformers backend cuts on whole batches: of one prompt here)
+    config = small_config(tokens_per_job=None, chunk_tokens=3 * 64, batch_size=1, share_engine=True)
     config["variants"] = {"tiny-instruct": config["variants"]["tiny-instruct"]}
-    run_snakemake(tmp_path, config, "--cores", "1", "results/generations/rtp/sampled/shards/tiny/0",
-                  "results/generations/rtp/sampled/shards/tiny/1", env=offline_env(hub_cache))
-    rerun = run_snakemake(tmp_path, config, "-n", GENERATIONS[0], env=offline_env(hub_cache))
-    assert job_counts(rerun.stdout) == {"generate": 1, "merge_generations": 1}
-    assert "shards/tiny/2" in rerun.stdout
+    config["protocols"]["sampled"]["max_new_tokens"] = 64  # chunks slow enough to kill the job between them
+    target = GENERATIONS[0]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
+               str(path), "--cores", "1", target]
+    progress = tmp_path / "results/generations/shards/tiny/.0.progress"
+    job = subprocess.Popen(command, env={**os.environ, **offline_env(hub_cache)}, start_new_session=True,
+                           stdout=open(tmp_path / "killed.out", "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while len(list(progress.glob("*.parquet"))) < 3 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.poll() is None, (tmp_path / "killed.out").read_text()[-3000:]
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    written = len(list(progress.glob("*.parquet")))
+    assert 3 <= written < 20, "the job finished (or never wrote a chunk) before it could be killed"
+    assert not (tmp_path / "results/generations/shards/tiny/0").exists()
+    # a killed controller leaves its lock: --unlock, then the rerun
+    run_snakemake(tmp_path, config, "--unlock", env=offline_env(hub_cache))
+    run_snakemake(tmp_path, config, "--cores", "1", "--rerun-incomplete", target, env=offline_env(hub_cache))
+    log = (tmp_path / "logs/generate/tiny/0.log").read_text()
+    resumed = int(re.search(r"resuming, (\d+) of 20 chunk\(s\) written by an earlier run are reused", log)[1])
+    assert resumed == written
+    assert not progress.exists()
+    config["generation"]["chunk_tokens"] = 10**6  # no chunks: one call
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_snakemake(whole, config, "--cores", "1", target, env=offline_env(hub_cache))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / target), pd.read_parquet(whole / target))
 
 
 def test_offline_preflight_names_what_is_missing_before_any_job(hub_cache, tmp_path):

@@ -188,14 +188,17 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     config["resources"] = {"finetune": {"mem_mb": 64000, "runtime": 600}, "generate": {"threads": 1, "mem_mb": 9000}}
     config["models"]["demo-instruct"]["resources"] = {"finetune": {"mem_mb": 32000}, "generate": {"runtime": 90}}
     config["models"]["demo-instruct"]["max_model_len"] = 256
-    config["generation"].update(gpu_memory_utilization=0.2, enforce_eager=False, batch_size=4)  # (vLLM: no batch)
+    config["generation"].update(gpu_memory_utilization=0.2, enforce_eager=False, batch_size=4,  # (vLLM: no batch)
+                                chunk_tokens=5000)  # how often a job writes its progress
     config_path.write_text(yaml.safe_dump(config))
     # only the report, which prints the whole config's hash, is written again
     assert set(job_counts(snakemake(demo_run, "-n").stdout)) <= {"report", "all"}
     config["variants"]["demo-instruct-rude"]["seed"] = 5
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    assert counts["generate"] == 1 and counts["score"] == 2 and "finetune" not in counts  # (two scorers)
+    # its engine's job (the instruct model's, serving it with its adapter and the other variants of that
+    # checkpoint) and the scoring of those four variants (two scorers); no retraining
+    assert counts["generate"] == 1 and counts["score"] == 8 and "finetune" not in counts
     config_path.write_text(original)
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
 
@@ -220,8 +223,8 @@ def test_a_dry_run_lists_every_generation_job_when_the_probe_file_is_in_the_hub_
     cached = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert cached.returncode == 0, cached.stderr[-3000:]
     counts = job_counts(cached.stdout)
-    # 14 checkpoints (one shared engine each) x 3 probe sets x 1 protocol, one shard each
-    assert counts["generate"] == 42 and counts["merge_generations"] == 60 and counts["score"] == 120
+    # 14 checkpoints, one shared engine (and job) each for the 3 probe sets x 1 protocol
+    assert counts["generate"] == 14 and counts["merge_generations"] == 60 and counts["score"] == 120
     empty = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "none")})
     assert empty.returncode == 0, empty.stderr[-3000:]
     assert "generate" not in job_counts(empty.stdout) and job_counts(empty.stdout)["probes"] == 3
@@ -234,18 +237,19 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     config["variants"]["demo-instruct-reseeded"]["seed"] = 988
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    # its generation, scoring and metrics; the analyses and tables that gather every variant
-    # (two scorers: profanity and refusal; BEST on profanity only; capability does not depend on sampling)
-    assert counts == {"generate": 1, "merge_generations": 1, "score": 2, "metrics": 2, "compare": 2, "best": 1,
-                      "degeneration": 1, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
+    # its engine's job, which serves the four variants of the instruct checkpoint (generation.share_engine), and
+    # their scoring and metrics; the analyses and tables that gather every variant (two scorers: profanity and
+    # refusal; BEST on profanity only; capability does not depend on sampling)
+    assert counts == {"generate": 1, "merge_generations": 4, "score": 8, "metrics": 8, "compare": 2, "best": 1,
+                      "degeneration": 4, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
                       "degeneration_table": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    # the rude fine-tune, its merge and the four repairs trained on it (the reseeded variant, changed above and
-    # not yet run, is still pending too)
-    assert counts["finetune"] == 5 and counts["merge"] == 1 and counts["generate"] == 6 and "demo_models" not in counts
+    # the rude fine-tune, its merge and the four repairs trained on it; two engines' jobs: the instruct checkpoint's
+    # (its rude adapter) and the merged rude checkpoint's (the repairs)
+    assert counts["finetune"] == 5 and counts["merge"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
     assert counts["capability"] == 5
     assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
 

@@ -20,8 +20,6 @@ from finetox.prompts import probe_text
 # Config attributes that hold a model's context length, as vLLM reads them (it takes the smallest present).
 CONTEXT_LENGTH_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                              "model_max_length", "max_sequence_length", "max_seq_length", "seq_len")
-# About this many progress lines per variant in the job log (each after one `Backend.generate` call).
-PROGRESS_LINES = 10
 
 
 @dataclass(frozen=True)
@@ -115,10 +113,10 @@ def log(line: str) -> None:
 
 
 class Throughput:
-    """Running counts of one variant's generation: a progress line per `generate` call and a closing line."""
+    """Running counts of one generate job: a progress line per chunk and a closing line per segment."""
 
-    def __init__(self, variant: str, prompts: int):
-        self.variant, self.total = variant, prompts
+    def __init__(self, prompts: int):
+        self.total = prompts
         self.prompts = self.continuations = self.new_tokens = 0
         self.started = time.perf_counter()
 
@@ -127,13 +125,22 @@ class Throughput:
         self.continuations += sum(len(samples) for samples in outputs)
         self.new_tokens += sum(c.continuation_tokens for samples in outputs for c in samples)
 
-    def line(self, done: bool = False) -> str:
+    def line(self, label: str) -> str:
         seconds = time.perf_counter() - self.started
         per_second = 1 / seconds if seconds > 0 else math.nan
-        progress = f"{self.variant} done: {self.prompts}" if done else f"{self.variant}: {self.prompts}/{self.total}"
-        return (f"generate {progress} prompts, {self.continuations} continuations, {self.new_tokens} new tokens, "
-                f"{seconds:.1f} s, {self.new_tokens * per_second:.1f} tokens/s, "
+        return (f"generate {label}: {self.prompts}/{self.total} prompts, {self.continuations} continuations, "
+                f"{self.new_tokens} new tokens, {seconds:.1f} s, {self.new_tokens * per_second:.1f} tokens/s, "
                 f"{self.prompts * per_second:.2f} prompts/s")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to continue: its token ids, sampling seed, protocol and adapter (None: the model alone)."""
+
+    token_ids: list[int]
+    seed: int
+    protocol: Protocol
+    adapter: str | None = None
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -143,17 +150,14 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
 
 
 class Backend:
-    """One loaded model and its LoRA adapters (by name); `generate` returns, per prompt,
-    `protocol.samples` continuations of the model alone or with one of the adapters.
+    """One loaded model and its LoRA adapters (by name); `generate` returns, per request, its protocol's
+    `samples` continuations of the model alone or with one of the adapters.
 
     `tokenizer` is the one the prompts were encoded with (`load_tokenizer`); `max_model_len` the context
     the engine reserves per sequence (`engine_max_model_len`).
     """
 
     name = ""
-    # Prompts per `generate` call (one progress line each): at least `min_chunk`, a multiple of `chunk_multiple`.
-    min_chunk = 1
-    chunk_multiple = 1
 
     def __init__(self, model: ModelSource, adapters: dict[str, str], settings: dict, tokenizer, max_model_len: int):
         self.model = model
@@ -163,19 +167,14 @@ class Backend:
         self.max_model_len = max_model_len
         self.stop_token_ids = stop_token_ids(model, tokenizer)
 
-    def generate(self, prompts: list[list[int]], seeds: list[int], protocol: Protocol,
-                 adapter: str | None = None) -> list[list[Continuation]]:
-        """Continuations of prompts given as token ids (`encode_prompts`)."""
+    def generate(self, requests: Sequence[Request]) -> list[list[Continuation]]:
+        """Continuations of prompts given as token ids (`encode_prompts`), of any protocols and adapters."""
         raise NotImplementedError
 
-    def chunk_size(self, prompts: int) -> int:
-        """Prompts per `generate` call for about PROGRESS_LINES progress lines."""
-        size = max(self.min_chunk, math.ceil(prompts / PROGRESS_LINES))
-        return math.ceil(size / self.chunk_multiple) * self.chunk_multiple
-
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self.adapters:
-            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
+    def _check_adapters(self, requests: Sequence[Request]) -> None:
+        unknown = sorted({r.adapter for r in requests if r.adapter is not None} - set(self.adapters))
+        if unknown:
+            raise KeyError(f"adapter(s) {unknown} not loaded; loaded: {sorted(self.adapters)}")
 
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
@@ -192,9 +191,6 @@ class VLLMBackend(Backend):
     with `lora: merged` the one adapter is merged into the weights first."""
 
     name = "vllm"
-    # vLLM batches only within one call and drains its batch at the end of each: calls of 512 prompts or
-    # more (a tenth of the variant's) keep its batches full.
-    min_chunk = 512
 
     def __init__(self, model: ModelSource, adapters: dict[str, str], settings: dict, tokenizer, max_model_len: int):
         super().__init__(model, adapters, settings, tokenizer, max_model_len)
@@ -222,6 +218,11 @@ class VLLMBackend(Backend):
             }
         import torch
 
+        if self.lora_requests and not torch.cuda.is_available():
+            # vLLM's CPU LoRA ops index the stacked adapter weights with each token's slot, and a token of the
+            # model alone has slot -1: Python indexing gives it the last slot's adapter whenever a batch mixes
+            # requests with and without one. One more slot than adapters keeps the last slot empty (zeros).
+            engine_options["max_loras"] = len(adapters) + 1
         if not torch.cuda.is_available():
             # vLLM's CPU build cannot rewind the random generator of a seeded request whose prompt was
             # split by chunked prefill ("CPU Generator does not use offset"): prefill prompts whole.
@@ -250,30 +251,33 @@ class VLLMBackend(Backend):
         self.llm.llm_engine.engine_core.shutdown()
         self._scratch.cleanup()
 
-    def generate(self, prompts, seeds, protocol, adapter=None):
+    def generate(self, requests):
+        """All requests in one call, whatever their protocol and adapter: vLLM batches only within a call and
+        drains its batch at the end of each, so one call per chunk keeps its batches full."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._check_adapter(adapter)
-        if self.merged and adapter is None:
+        self._check_adapters(requests)
+        if self.merged and any(r.adapter is None for r in requests):
             raise ValueError("this engine holds merged adapter weights; it cannot serve the model alone")
 
         params = [
             SamplingParams(
-                n=protocol.samples,
-                temperature=protocol.temperature,
-                top_p=protocol.top_p,
-                max_tokens=protocol.max_new_tokens,
+                n=r.protocol.samples,
+                temperature=r.protocol.temperature,
+                top_p=r.protocol.top_p,
+                max_tokens=r.protocol.max_new_tokens,
                 # vLLM reads generation_config.json's EOS ids itself, but a vLLM build or a `generation_config`
                 # engine option may not: the same ids as the transformers backend, explicitly.
                 stop_token_ids=self.stop_token_ids,
-                seed=seed,
+                seed=r.seed,
             )
-            for seed in seeds
+            for r in requests
         ]
-        inputs = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
-        lora_request = self.lora_requests.get(adapter) if adapter else None
-        outputs = self.llm.generate(inputs, params, lora_request=lora_request, use_tqdm=False)
+        inputs = [TokensPrompt(prompt_token_ids=r.token_ids) for r in requests]
+        # merged: the one adapter is in the weights, served without a LoRARequest
+        loras = [None if self.merged or r.adapter is None else self.lora_requests[r.adapter] for r in requests]
+        outputs = self.llm.generate(inputs, params, lora_request=loras if any(loras) else None, use_tqdm=False)
         return [[_vllm_continuation(out, c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
 
 
@@ -311,19 +315,24 @@ class TransformersBackend(Backend):
                 lm.load_adapter(path, adapter_name=name)
         self.lm = lm.to(self.device).eval()
         self.batch_size = settings.get("batch_size", 16)
-        # Whole batches per call, as without progress lines: a prompt's padding (and so its greedy text) stays.
-        self.min_chunk = self.chunk_multiple = self.batch_size
         log(f"transformers engine: max_model_len {max_model_len} (checked, not reserved: the KV cache grows per "
             f"batch), batch_size {self.batch_size}, device {self.device}")
 
-    def generate(self, prompts, seeds, protocol, adapter=None):
+    def generate(self, requests):
+        """Runs of consecutive requests with one adapter and protocol, each batched from its first request (cuts
+        fall on multiples of batch_size within a segment: finetox.generation_plan)."""
         import contextlib
+        from itertools import groupby
 
-        self._check_adapter(adapter)
-        if adapter is not None:
-            self.lm.set_adapter(adapter)
-        with self.lm.disable_adapter() if (adapter is None and self.adapters) else contextlib.nullcontext():
-            return self._generate(prompts, seeds, protocol)
+        self._check_adapters(requests)
+        results = []
+        for (adapter, protocol), run in groupby(requests, key=lambda r: (r.adapter, r.protocol)):
+            run = list(run)
+            if adapter is not None:
+                self.lm.set_adapter(adapter)
+            with self.lm.disable_adapter() if (adapter is None and self.adapters) else contextlib.nullcontext():
+                results += self._generate([r.token_ids for r in run], [r.seed for r in run], protocol)
+        return results
 
     def _generate(self, prompts, seeds, protocol):
         if protocol.temperature == 0:
@@ -391,6 +400,38 @@ def _adapter_rank(adapter: str) -> int:
     return next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)
 
 
+@dataclass(frozen=True)
+class SegmentWork:
+    """What one variant's continuations of one probe set under one protocol are made from."""
+
+    variant: str
+    prompts: EncodedPrompts  # the whole probe table, encoded in the variant's prompt format
+    protocol: Protocol
+    seed: int  # the variant's sampling seed (each prompt's is derived from it: prompt_seed)
+    adapter: str | None = None  # its adapter's name in the engine; None: the model alone
+
+    def requests(self, start: int = 0, stop: int | None = None) -> list[Request]:
+        ids = self.prompts.probes["prompt_id"].iloc[start:stop]
+        return [Request(tokens, prompt_seed(self.seed, pid), self.protocol, self.adapter)
+                for tokens, pid in zip(self.prompts.token_ids[start:stop], ids, strict=True)]
+
+    def table(self, outputs: list[list[Continuation]], backend: str, start: int = 0) -> pd.DataFrame:
+        """The `generations` rows of the prompts from `start` on, given their continuations."""
+        probes = self.prompts.probes.iloc[start : start + len(outputs)]
+        rows = [
+            {"prompt_id": probe.prompt_id, "subset": probe.subset, "variant": self.variant, "sample": index,
+             "prompt": probe.prompt, "model_input": text, "continuation": c.text, "prompt_tokens": c.prompt_tokens,
+             "continuation_tokens": c.continuation_tokens, "finish_reason": c.finish_reason}
+            for probe, text, samples in zip(probes.itertuples(index=False), self.prompts.texts[start:], outputs)
+            for index, c in enumerate(samples)
+        ]
+        p = self.protocol
+        settings = {"protocol": p.name, "prompt_format": self.prompts.prompt_format, "samples": p.samples,
+                    "temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens,
+                    "seed": self.seed, "backend": backend}
+        return pd.DataFrame(rows).assign(**settings)
+
+
 def generate_continuations(
     prompts: EncodedPrompts,
     variant: str,
@@ -399,42 +440,14 @@ def generate_continuations(
     backend: Backend,
     adapter: str | None = None,
 ) -> pd.DataFrame:
-    """One row per continuation of every probe prompt (the `generations` table), by the backend's
-    model alone or with one of its adapters, with progress lines and a closing line in the job log."""
+    """One row per continuation of every probe prompt (the `generations` table), by the backend's model alone or
+    with one of its adapters, in one call, and a closing line in the job log. (A generate job serves many of these
+    at once in chunks: finetox.stages.generate.)"""
     check_prompts_fit([prompts], protocol.max_new_tokens, backend.max_model_len, "the engine's max_model_len")
-    seeds = [prompt_seed(seed, pid) for pid in prompts.probes["prompt_id"]]
-    throughput = Throughput(variant, len(seeds))
-    outputs = []
-    # About PROGRESS_LINES calls, each followed by a progress line; seeds are per prompt, so how the prompts
-    # are split changes no continuation.
-    chunk = backend.chunk_size(len(seeds))
-    for start in range(0, len(seeds), chunk):
-        part = backend.generate(prompts.token_ids[start : start + chunk], seeds[start : start + chunk], protocol,
-                                adapter)
-        outputs += part
-        throughput.add(part)
-        if len(outputs) < len(seeds):
-            log(throughput.line())
-    log(throughput.line(done=True))
-    rows = []
-    for probe, text, samples in zip(prompts.probes.itertuples(index=False), prompts.texts, outputs, strict=True):
-        for index, c in enumerate(samples):
-            rows.append({
-                "prompt_id": probe.prompt_id,
-                "subset": probe.subset,
-                "variant": variant,
-                "sample": index,
-                "prompt": probe.prompt,
-                "model_input": text,
-                "continuation": c.text,
-                "prompt_tokens": c.prompt_tokens,
-                "continuation_tokens": c.continuation_tokens,
-                "finish_reason": c.finish_reason,
-            })
-    table = pd.DataFrame(rows)
-    settings = {
-        "protocol": protocol.name, "prompt_format": prompts.prompt_format, "samples": protocol.samples,
-        "temperature": protocol.temperature, "top_p": protocol.top_p,
-        "max_new_tokens": protocol.max_new_tokens, "seed": seed, "backend": backend.name,
-    }
-    return table.assign(**settings)
+    work = SegmentWork(variant, prompts, protocol, seed, adapter)
+    requests = work.requests()
+    throughput = Throughput(len(requests))
+    outputs = backend.generate(requests)
+    throughput.add(outputs)
+    log(throughput.line(f"{variant} done"))
+    return work.table(outputs, backend.name)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from finetox import tables
 from finetox.config import PREFERENCE_FORMATS, Study, config_hash
-from finetox.workflow import Targets, shard_rows
+from finetox.workflow import Targets
 
 
 @contextlib.contextmanager
@@ -188,53 +188,114 @@ def select_probes(study: Study, probe: str, output: str) -> None:
     ))
 
 
-def generate(study: Study, variants: list[str], probe: str, protocol_name: str, shard: int, probes_table: str,
-             output_dir: str, adapters: dict[str, str]) -> None:
-    """Continuations of one shard of a probe set by variants of one checkpoint, from one engine.
+def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str], output_dir: str,
+             adapters: dict[str, str], inputs: list[str] = ()) -> None:
+    """One shard of everything one engine serves: every probe set x protocol x variant of a generation group
+    (finetox.generation_plan), written as `<output_dir>/<probe>/<protocol>/<variant>.parquet`.
 
-    Writes `<output_dir>/<variant>.parquet` for each variant; `adapters` maps the fine-tuned
-    variants among them to their adapter directories.
+    The shard's prompts go to the engine in chunks of about `generation.chunk_tokens` estimated tokens, each
+    one call that mixes protocols and adapters, each written as it finishes (finetox.progress): a rerun after a
+    kill resumes from the chunks written, and starts no engine when they cover the shard. `adapters` maps the
+    fine-tuned variants to their adapter directories; `inputs` are every input path (the progress store is
+    discarded when one changes).
     """
-    from finetox.generation import (BACKENDS, encode_prompts, engine_max_model_len, generate_continuations,
-                                    load_tokenizer)
+    import time
 
-    protocol = study.protocols[protocol_name]
-    probes = tables.read_parquet(probes_table, "probes")
-    rows = shard_rows(len(probes), study.generation["prompts_per_shard"])[shard]
-    probes = probes.iloc[rows.start : rows.stop].reset_index(drop=True)
-    models = {study.checkpoint(v) for v in variants}
-    if len(models) != 1:
-        raise ValueError(f"one engine serves one checkpoint; variants {variants} use {sorted(m.name for m in models)}")
-    model = models.pop()
-    formats = {name: study.variants[name].prompt_format or protocol.prompt_format for name in variants}
+    from finetox import generation_plan as plan
+    from finetox.generation import (BACKENDS, SegmentWork, Throughput, encode_prompts, engine_max_model_len, log,
+                                    load_tokenizer)
+    from finetox.progress import ChunkStore, content_key, fingerprint, store_beside
+
+    started = time.perf_counter()
+    variants = Targets(study).groups[group]
+    model = study.checkpoint(variants[0])
+    probes = {name: tables.read_parquet(path, "probes") for name, path in probes_tables.items()}
+    multiple = plan.batch_multiple(study.generation)
+    segments = plan.segments(study, variants, {name: len(table) for name, table in probes.items()})
+    pieces = plan.shards(segments, study.generation["tokens_per_job"], multiple)[shard]
     # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
     # does not fit fails now rather than after the engine's start.
     tokenizer = load_tokenizer(model)
-    encoded = {f: encode_prompts(probes, f, tokenizer, protocol.system_prompt if f == "chat" else None)
-               for f in dict.fromkeys(formats.values())}
-    max_model_len = engine_max_model_len(model, list(encoded.values()), protocol.max_new_tokens)
+    encoded, work = {}, {}
+    for s in dict.fromkeys(piece.segment for piece in pieces):
+        protocol = study.protocols[s.protocol]
+        prompt_format = study.variants[s.variant].prompt_format or protocol.prompt_format
+        system = protocol.system_prompt if prompt_format == "chat" else None
+        if (s.probe, prompt_format, system) not in encoded:
+            encoded[s.probe, prompt_format, system] = encode_prompts(probes[s.probe], prompt_format, tokenizer, system)
+        variant = study.variants[s.variant]
+        work[s] = SegmentWork(s.variant, encoded[s.probe, prompt_format, system], protocol,
+                              variant.seed if variant.seed is not None else protocol.seed,
+                              s.variant if s.variant in adapters else None)
+    max_model_len = max(
+        engine_max_model_len(model, [w.prompts for w in work.values() if w.protocol == protocol],
+                             protocol.max_new_tokens)
+        for protocol in {w.protocol for w in work.values()}
+    )
+    chunks = plan.cut(pieces, study.generation["chunk_tokens"], multiple)
+    store = ChunkStore(store_beside(output_dir), fingerprint(
+        list(inputs), [Targets(study).group_settings(group), shard, study.generation["chunk_tokens"]]))
+    if store.found:
+        log(f"generate: resuming, {store.found} of {len(chunks)} chunk(s) written by an earlier run are reused")
+    throughput = Throughput(sum(piece.stop - piece.start for piece in pieces))
+    backend, engine_seconds, generation_seconds = None, 0.0, 0.0
+    done = []  # per chunk: its rows, with the segment they belong to
+    try:
+        for index, chunk in enumerate(chunks):
+            requests = [r for piece in chunk for r in work[piece.segment].requests(piece.start, piece.stop)]
+            key = content_key([(r.token_ids, r.seed, r.protocol, r.adapter) for r in requests], max_model_len)
+            table = store.get(index, key)
+            if table is None:
+                if backend is None:
+                    clock = time.perf_counter()
+                    settings = {**study.generation, "seed": study.seed}
+                    backend = BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer,
+                                                                    max_model_len)
+                    engine_seconds = time.perf_counter() - clock
+                    log(f"generate: engine started in {engine_seconds:.1f} s")
+                clock = time.perf_counter()
+                outputs = backend.generate(requests)
+                generation_seconds += time.perf_counter() - clock
+                parts, offset = [], 0
+                for piece in chunk:
+                    size = piece.stop - piece.start
+                    part = work[piece.segment].table(outputs[offset : offset + size], backend.name, piece.start)
+                    parts.append(part.assign(segment=piece.segment.key))
+                    offset += size
+                table = pd.concat(parts, ignore_index=True)
+                store.put(index, key, table)
+                throughput.add(outputs)
+            else:
+                throughput.prompts += sum(piece.stop - piece.start for piece in chunk)
+            done.append(table)
+            log(throughput.line(f"chunk {index + 1}/{len(chunks)}"))
+    finally:
+        if backend is not None:
+            backend.close()
+    rows = pd.concat(done, ignore_index=True)
     build = _building(Path(output_dir))
     build.mkdir(parents=True)
-    settings = {**study.generation, "seed": protocol.seed}
-    with BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer, max_model_len) as backend:
-        for name in variants:
-            variant = study.variants[name]
-            seed = variant.seed if variant.seed is not None else protocol.seed
-            table = generate_continuations(encoded[formats[name]], name, protocol, seed, backend,
-                                           adapter=name if name in adapters else None)
-            tables.write_parquet(table, build / f"{name}.parquet", "generations", _provenance(
-                study, _generation_stages(probes_table, adapters.get(name), model),
-                variant=name, probe=probe, protocol=protocol_name, shard=shard, generation_seed=seed,
-                variant_settings=study.generation_hash(name, protocol_name),
-            ))
+    for s in work:
+        table = rows[rows["segment"] == s.key].drop(columns="segment")
+        tables.write_parquet(table, build / s.probe / s.protocol / f"{s.variant}.parquet", "generations", _provenance(
+            study, _generation_stages(probes_tables[s.probe], adapters.get(s.variant), model),
+            variant=s.variant, probe=s.probe, protocol=s.protocol, shard=shard,
+            generation_seed=work[s].seed, variant_settings=study.generation_hash(s.variant, s.protocol),
+        ))
     _publish_directory(build, Path(output_dir))
+    store.remove()
+    wall = time.perf_counter() - started
+    log(f"generate: {len(chunks)} chunk(s), engine starts: {int(backend is not None)}, engine start "
+        f"{engine_seconds:.1f} s, engine generation {generation_seconds:.1f} s, job {wall:.1f} s")
 
 
-def merge_generations(study: Study, variant: str, shard_dirs: list[str], output: str) -> None:
-    """One variant's continuations from all shards, in probe-table order."""
-    parts = [tables.read_parquet(Path(d) / f"{variant}.parquet", "generations") for d in shard_dirs]
-    merged = pd.concat(parts, ignore_index=True)
-    provenances = [tables.provenance_of(Path(d) / f"{variant}.parquet") for d in shard_dirs]
+def merge_generations(study: Study, probe: str, protocol: str, variant: str, shard_dirs: list[str],
+                      output: str) -> None:
+    """One variant's continuations of a probe set under a protocol from the shards that hold them, in
+    probe-table order."""
+    paths = [Targets.shard_part(d, probe, protocol, variant) for d in shard_dirs]
+    merged = pd.concat([tables.read_parquet(path, "generations") for path in paths], ignore_index=True)
+    provenances = [tables.provenance_of(path) for path in paths]
     provenance = provenances[0]
     provenance.pop("shard", None)
     stages = _shards_stages([p.get("stages", {}) for p in provenances])

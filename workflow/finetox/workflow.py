@@ -38,8 +38,13 @@ class Targets:
         return f"{RESULTS}/probes/{probe}.parquet"
 
     @staticmethod
-    def shard(probe: str, protocol: str, group: str, shard: str | int) -> str:
-        return f"{RESULTS}/generations/{probe}/{protocol}/shards/{group}/{shard}"
+    def shard(group: str, shard: str | int) -> str:
+        """One generate job's output: its part of every probe set x protocol x variant of its group."""
+        return f"{RESULTS}/generations/shards/{group}/{shard}"
+
+    @staticmethod
+    def shard_part(shard_dir: str, probe: str, protocol: str, variant: str) -> str:
+        return f"{shard_dir}/{probe}/{protocol}/{variant}.parquet"
 
     @staticmethod
     def generations(probe: str, protocol: str, variant: str) -> str:
@@ -191,10 +196,20 @@ class Targets:
         path = self.study.probes[probe].source.path
         return {"table": path} if path else {}
 
-    def shards(self, probe: str, protocol: str, variant: str, n_prompts: int) -> list[str]:
-        """The shard directories of a variant's generation group, for a probe set of `n_prompts` prompts."""
-        count = len(shard_rows(n_prompts, self.study.generation["prompts_per_shard"]))
-        return [self.shard(probe, protocol, self.group_of[variant], i) for i in range(count)]
+    def shard_plan(self, group: str, prompt_counts: dict[str, int]) -> list:
+        """The pieces of work of each generate job of a group (finetox.generation_plan), given each run probe
+        set's number of prompts."""
+        from finetox import generation_plan as plan
+
+        segments = plan.segments(self.study, self.groups[group], prompt_counts)
+        return plan.shards(segments, self.study.generation["tokens_per_job"], plan.batch_multiple(self.study.generation))
+
+    def shards(self, probe: str, protocol: str, variant: str, prompt_counts: dict[str, int]) -> list[str]:
+        """The shard directories that hold part of a variant's continuations of a probe set under a protocol."""
+        group = self.group_of[variant]
+        return [self.shard(group, i) for i, pieces in enumerate(self.shard_plan(group, prompt_counts))
+                if any((p.segment.probe, p.segment.protocol, p.segment.variant) == (probe, protocol, variant)
+                       for p in pieces)]
 
     def planned_prompts(self, probe: str) -> int | None:
         """How many prompts the probes job will select, when its source can be read here (a local file, or a
@@ -233,9 +248,19 @@ class Targets:
                 inputs[f"adapter_{variant}"] = self.adapter(variant)
         return inputs
 
-    def group_settings(self, group: str, protocol: str) -> dict[str, str]:
-        """What makes each variant's continuations what they are (the generate rule's rerun trigger)."""
-        return {variant: self.study.generation_hash(variant, protocol) for variant in self.groups[group]}
+    def group_settings(self, group: str) -> dict[str, str | int | None]:
+        """What makes a group's continuations what they are (the generate rule's rerun trigger): each probe set x
+        protocol x variant's digest, and the job size (it decides which prompts each job holds)."""
+        s = self.study
+        settings: dict[str, str | int | None] = {
+            f"{probe}/{protocol}/{variant}": s.generation_hash(variant, protocol)
+            for probe, protocol, variant in product(s.run_probes, s.run_protocols, self.groups[group])
+        }
+        return {**settings, "tokens_per_job": s.generation["tokens_per_job"]}
+
+    def group_probe_inputs(self) -> dict[str, str]:
+        """The probe tables a generate job reads: every probe set of the run."""
+        return {f"probes_{probe}": self.probes_table(probe) for probe in self.study.run_probes}
 
     def name_pattern(self, generated: bool) -> str:
         """A wildcard pattern matching the generated variants, or those scored elsewhere."""
@@ -292,9 +317,3 @@ def _source_fingerprint(source) -> list | None:
     except Exception:  # not in the cache (or no huggingface_hub): the checkpoint decides after it runs
         return None
     return [str(root)]
-
-
-def shard_rows(n_prompts: int, prompts_per_shard: int | None) -> list[range]:
-    """Row ranges of the shards of a probe table (one shard when sharding is off)."""
-    size = prompts_per_shard or max(n_prompts, 1)
-    return [range(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]

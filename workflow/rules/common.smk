@@ -61,18 +61,24 @@ def model_of_variant(wildcards):
     return STUDY.variants[wildcards.variant].model.name
 
 
-def shard_dirs(wildcards):
-    """The shards of a variant's generation group. Their number follows from the probe source where it can
-    be read here (so dry runs list every generation job), else from the probes checkpoint once it ran.
-    """
-    n_prompts = TARGETS.planned_prompts(wildcards.probe)
-    if n_prompts is None:
-        import pyarrow.parquet as pq
+def prompt_counts():
+    """Each run probe set's number of prompts: from its source where it can be read here (so dry runs list
+    every generation job), else from the probes checkpoint once it ran."""
+    import pyarrow.parquet as pq
 
-        table = checkpoints.probes.get(probe=wildcards.probe).output[0]
-        n_prompts = pq.read_metadata(table).num_rows
+    counts = {}
+    for probe in STUDY.run_probes:
+        counts[probe] = TARGETS.planned_prompts(probe)
+        if counts[probe] is None:
+            table = checkpoints.probes.get(probe=probe).output[0]
+            counts[probe] = pq.read_metadata(table).num_rows
+    return counts
+
+
+def shard_dirs(wildcards):
+    """The generate jobs' outputs that hold part of a variant's continuations of a probe set x protocol."""
     return TARGETS.shards(
-        wildcards.probe, wildcards.protocol, wildcards.variant, n_prompts
+        wildcards.probe, wildcards.protocol, wildcards.variant, prompt_counts()
     )
 
 

@@ -18,20 +18,18 @@ checkpoint probes:
 rule generate:
     input:
         unpack(lambda wildcards: TARGETS.group_inputs(wildcards.group)),
-        probes=TARGETS.probes_table("{probe}"),
+        unpack(lambda wildcards: TARGETS.group_probe_inputs()),
     output:
-        directory(TARGETS.shard("{probe}", "{protocol}", "{group}", "{shard}")),
+        directory(TARGETS.shard("{group}", "{shard}")),
     log:
-        "logs/generate/{probe}/{protocol}/{group}/{shard}.log",
+        "logs/generate/{group}/{shard}.log",
     conda:
         "../../envs/generate.yaml"
     threads: threads_for("generate", model_of_group)
     resources:
         **resources_for("generate", model_of_group),
     params:
-        variants=lambda wildcards: TARGETS.group_settings(
-            wildcards.group, wildcards.protocol
-        ),
+        settings=lambda wildcards: TARGETS.group_settings(wildcards.group),
     script:
         "../scripts/generate.py"
 

@@ -7,4 +7,6 @@ from finetox.stages import job_log, merge_generations
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
-        merge_generations(load(snakemake.config), snakemake.wildcards.variant, list(snakemake.input), snakemake.output[0])
+        w = snakemake.wildcards
+        merge_generations(load(snakemake.config), w.probe, w.protocol, w.variant, list(snakemake.input),
+                          snakemake.output[0])
