@@ -37,6 +37,7 @@ def random_adapter(model_dir: Path, target: Path, seed: int) -> str:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
                            LoraConfig(r=16, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(target)
+    (target / "finetox.json").write_text('{"stages": {}}')  # (a fine-tune's provenance: none here)
     return str(target)
 
 

@@ -451,3 +451,56 @@ def generate_continuations(
     throughput.add(outputs)
     log(throughput.line(f"{variant} done"))
     return work.table(outputs, backend.name)
+
+
+@dataclass
+class EngineUse:
+    """What a job spent on its engine: starts, seconds starting, seconds generating (the engine's own time)."""
+
+    starts: int = 0
+    start_seconds: float = 0.0
+    generation_seconds: float = 0.0
+
+
+def generate_chunks(chunks: list, work: dict, store, open_engine) -> tuple[pd.DataFrame, EngineUse]:
+    """The continuations of every chunk (a list of finetox.generation_plan pieces; `work` maps each piece's segment
+    to its SegmentWork), with a `segment` column: a chunk that `store` (finetox.progress.ChunkStore) holds is read
+    back, any other is generated in one engine call and written there at once. The engine is opened
+    (`open_engine()`) at the first chunk to generate, so a job whose chunks are all written starts none."""
+    from finetox.progress import content_key
+
+    throughput = Throughput(sum(piece.stop - piece.start for chunk in chunks for piece in chunk))
+    if store.found:
+        log(f"generate: resuming, {store.found} of {len(chunks)} chunk(s) written by an earlier run are reused")
+    backend, use, done = None, EngineUse(), []
+    try:
+        for index, chunk in enumerate(chunks):
+            requests = [r for piece in chunk for r in work[piece.segment].requests(piece.start, piece.stop)]
+            key = content_key([(r.token_ids, r.seed, r.protocol, r.adapter) for r in requests])
+            table = store.get(index, key)
+            if table is None:
+                if backend is None:
+                    clock = time.perf_counter()
+                    backend = open_engine()
+                    use.starts, use.start_seconds = 1, time.perf_counter() - clock
+                    log(f"generate: engine started in {use.start_seconds:.1f} s")
+                clock = time.perf_counter()
+                outputs = backend.generate(requests)
+                use.generation_seconds += time.perf_counter() - clock
+                parts, offset = [], 0
+                for piece in chunk:
+                    size = piece.stop - piece.start
+                    part = work[piece.segment].table(outputs[offset : offset + size], backend.name, piece.start)
+                    parts.append(part.assign(segment=piece.segment.key))
+                    offset += size
+                table = pd.concat(parts, ignore_index=True)
+                store.put(index, key, table)
+                throughput.add(outputs)
+            else:
+                throughput.prompts += sum(piece.stop - piece.start for piece in chunk)
+            done.append(table)
+            log(throughput.line(f"chunk {index + 1}/{len(chunks)}"))
+    finally:
+        if backend is not None:
+            backend.close()
+    return pd.concat(done, ignore_index=True), use

@@ -39,11 +39,12 @@ class Piece:
 
 
 def segments(study, variants: list[str], prompt_counts: dict[str, int]) -> list[Segment]:
-    """Every probe set x protocol x variant one engine serves, in the run's order."""
+    """Every probe set x protocol x variant one engine serves, in name order: reordering the config's probe sets,
+    protocols or variants moves no prompt to another job."""
     return [
         Segment(probe, protocol, variant, prompt_counts[probe],
                 study.protocols[protocol].samples * study.protocols[protocol].max_new_tokens)
-        for probe in study.run_probes for protocol in study.run_protocols for variant in variants
+        for probe in sorted(study.run_probes) for protocol in sorted(study.run_protocols) for variant in sorted(variants)
     ]
 
 

@@ -202,9 +202,9 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     import time
 
     from finetox import generation_plan as plan
-    from finetox.generation import (BACKENDS, SegmentWork, Throughput, encode_prompts, engine_max_model_len, log,
-                                    load_tokenizer)
-    from finetox.progress import ChunkStore, content_key, fingerprint, store_beside
+    from finetox.generation import (BACKENDS, SegmentWork, encode_prompts, engine_max_model_len, generate_chunks,
+                                    load_tokenizer, log)
+    from finetox.progress import ChunkStore, fingerprint, store_beside
 
     started = time.perf_counter()
     variants = Targets(study).groups[group]
@@ -235,58 +235,26 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     chunks = plan.cut(pieces, study.generation["chunk_tokens"], multiple)
     store = ChunkStore(store_beside(output_dir), fingerprint(
         list(inputs), [Targets(study).group_settings(group), shard, study.generation["chunk_tokens"]]))
-    if store.found:
-        log(f"generate: resuming, {store.found} of {len(chunks)} chunk(s) written by an earlier run are reused")
-    throughput = Throughput(sum(piece.stop - piece.start for piece in pieces))
-    backend, engine_seconds, generation_seconds = None, 0.0, 0.0
-    done = []  # per chunk: its rows, with the segment they belong to
-    try:
-        for index, chunk in enumerate(chunks):
-            requests = [r for piece in chunk for r in work[piece.segment].requests(piece.start, piece.stop)]
-            key = content_key([(r.token_ids, r.seed, r.protocol, r.adapter) for r in requests], max_model_len)
-            table = store.get(index, key)
-            if table is None:
-                if backend is None:
-                    clock = time.perf_counter()
-                    settings = {**study.generation, "seed": study.seed}
-                    backend = BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer,
-                                                                    max_model_len)
-                    engine_seconds = time.perf_counter() - clock
-                    log(f"generate: engine started in {engine_seconds:.1f} s")
-                clock = time.perf_counter()
-                outputs = backend.generate(requests)
-                generation_seconds += time.perf_counter() - clock
-                parts, offset = [], 0
-                for piece in chunk:
-                    size = piece.stop - piece.start
-                    part = work[piece.segment].table(outputs[offset : offset + size], backend.name, piece.start)
-                    parts.append(part.assign(segment=piece.segment.key))
-                    offset += size
-                table = pd.concat(parts, ignore_index=True)
-                store.put(index, key, table)
-                throughput.add(outputs)
-            else:
-                throughput.prompts += sum(piece.stop - piece.start for piece in chunk)
-            done.append(table)
-            log(throughput.line(f"chunk {index + 1}/{len(chunks)}"))
-    finally:
-        if backend is not None:
-            backend.close()
-    rows = pd.concat(done, ignore_index=True)
+
+    def open_engine():
+        settings = {**study.generation, "seed": study.seed}
+        return BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer, max_model_len)
+
+    rows, engine = generate_chunks(chunks, work, store, open_engine)
     build = _building(Path(output_dir))
     build.mkdir(parents=True)
     for s in work:
         table = rows[rows["segment"] == s.key].drop(columns="segment")
-        tables.write_parquet(table, build / s.probe / s.protocol / f"{s.variant}.parquet", "generations", _provenance(
+        path = Targets.shard_part(str(build), s.probe, s.protocol, s.variant)
+        tables.write_parquet(table, path, "generations", _provenance(
             study, _generation_stages(probes_tables[s.probe], adapters.get(s.variant), model),
             variant=s.variant, probe=s.probe, protocol=s.protocol, shard=shard,
             generation_seed=work[s].seed, variant_settings=study.generation_hash(s.variant, s.protocol),
         ))
     _publish_directory(build, Path(output_dir))
     store.remove()
-    wall = time.perf_counter() - started
-    log(f"generate: {len(chunks)} chunk(s), engine starts: {int(backend is not None)}, engine start "
-        f"{engine_seconds:.1f} s, engine generation {generation_seconds:.1f} s, job {wall:.1f} s")
+    log(f"generate: {len(chunks)} chunk(s), engine starts: {engine.starts}, engine start {engine.start_seconds:.1f} s, "
+        f"engine generation {engine.generation_seconds:.1f} s, job {time.perf_counter() - started:.1f} s")
 
 
 def merge_generations(study: Study, probe: str, protocol: str, variant: str, shard_dirs: list[str],

@@ -256,7 +256,8 @@ class Targets:
             f"{probe}/{protocol}/{variant}": s.generation_hash(variant, protocol)
             for probe, protocol, variant in product(s.run_probes, s.run_protocols, self.groups[group])
         }
-        return {**settings, "tokens_per_job": s.generation["tokens_per_job"]}
+        # sorted: Snakemake compares a dict param's items in order, and reordering the config reruns nothing
+        return {**dict(sorted(settings.items())), "tokens_per_job": s.generation["tokens_per_job"]}
 
     def group_probe_inputs(self) -> dict[str, str]:
         """The probe tables a generate job reads: every probe set of the run."""
