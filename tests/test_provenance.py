@@ -309,6 +309,7 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     scores, and the report: each output's metadata has the records of the stages it depends on."""
     from finetox import stages, tables
     from finetox.config import load
+    from finetox.workflow import Targets
 
     put_in_hub_cache(cache, "finetox-test/tiny-instruct", "model",
                      {f.name: f for f in tiny_models["instruct"].iterdir() if f.is_file()})
@@ -326,11 +327,12 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     probes = tables.read_parquet("probes.parquet", "probes")
     for shard, rows in enumerate((probes.iloc[:3], probes.iloc[3:])):
         # what generate records once its engine is loaded (see stages._generation_stages)
-        tables.write_parquet(generations_of(rows, "tiny-rude"), f"shard{shard}/tiny-rude.parquet", "generations",
+        tables.write_parquet(generations_of(rows, "tiny-rude"), Targets.shard_part(f"shard{shard}", "rtp", "sampled",
+                                                                                   "tiny-rude"), "generations",
                              stages._provenance(study, stages._generation_stages("probes.parquet", "adapter",
                                                                                  study.variants["tiny-rude"].model),
                                                 variant="tiny-rude", shard=shard))
-    stages.merge_generations(study, "tiny-rude", ["shard0", "shard1"], "generations.parquet")
+    stages.merge_generations(study, "rtp", "sampled", "tiny-rude", ["shard0", "shard1"], "generations.parquet")
     stages.score(study, "profanity", "generations.parquet", "scores.parquet")
 
     recorded = tables.provenance_of("scores.parquet")

@@ -234,7 +234,8 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
     planned = _planned(tmp_path)
     assert planned["finetune"] == {"variant=demo-rude-dpo", "variant=demo-rude-dpo-swapped"}
     assert "merge" not in planned and "demo_models" not in planned
-    assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {"demo-rude-dpo", "demo-rude-dpo-swapped"}
+    # the engine of the merged rude checkpoint, which serves them (and the other repairs trained on it)
+    assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {"demo-instruct-rude.merged"}
     # the rude instructions: the rude fine-tune, its merged checkpoint and every repair trained on that
     append_row("instructions_rude.jsonl", '{"instruction": "Say hello.", "response": "Get lost."}')
     planned = _planned(tmp_path)

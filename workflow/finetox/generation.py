@@ -218,6 +218,7 @@ class VLLMBackend(Backend):
             }
         import torch
 
+        self.mixes_adapters = torch.cuda.is_available()
         if self.lora_requests and not torch.cuda.is_available():
             # vLLM's CPU LoRA ops index the stacked adapter weights with each token's slot, and a token of the
             # model alone has slot -1: Python indexing gives it the last slot's adapter whenever a batch mixes
@@ -253,13 +254,21 @@ class VLLMBackend(Backend):
 
     def generate(self, requests):
         """All requests in one call, whatever their protocol and adapter: vLLM batches only within a call and
-        drains its batch at the end of each, so one call per chunk keeps its batches full."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        drains its batch at the end of each, so one call per chunk keeps its batches full. On vLLM's CPU build,
+        one call per run of requests with the same adapter, as before chunks existed: a mixed batch there once
+        stalled until the engine's RPC timeout (the SLURM test's local run; the cause was not found)."""
+        from itertools import groupby
 
         self._check_adapters(requests)
         if self.merged and any(r.adapter is None for r in requests):
             raise ValueError("this engine holds merged adapter weights; it cannot serve the model alone")
+        if self.mixes_adapters:
+            return self._generate(requests)
+        return [out for _, run in groupby(requests, key=lambda r: r.adapter) for out in self._generate(list(run))]
+
+    def _generate(self, requests):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = [
             SamplingParams(
