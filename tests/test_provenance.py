@@ -333,7 +333,7 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
                                                                                  study.variants["tiny-rude"].model),
                                                 variant="tiny-rude", shard=shard))
     stages.merge_generations(study, "rtp", "sampled", "tiny-rude", ["shard0", "shard1"], "generations.parquet")
-    stages.score(study, "profanity", "generations.parquet", "scores.parquet")
+    stages.score(study, "profanity", ["generations.parquet"], ["scores.parquet"])
 
     recorded = tables.provenance_of("scores.parquet")
     assert recorded["variant"] == "tiny-rude"

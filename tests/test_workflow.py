@@ -226,8 +226,9 @@ def test_a_dry_run_lists_every_generation_job_when_the_probe_file_is_in_the_hub_
     cached = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert cached.returncode == 0, cached.stderr[-3000:]
     counts = job_counts(cached.stdout)
-    # 14 checkpoints, one shared engine (and job) each for the 3 probe sets x 1 protocol
-    assert counts["generate"] == 14 and counts["merge_generations"] == 60 and counts["score"] == 120
+    # 14 checkpoints, one shared engine (and job) each for the 3 probe sets x 1 protocol; 60 tables of 20
+    # variants, scored by one job per variant and scorer (2): one scorer load for its 3 probe sets
+    assert counts["generate"] == 14 and counts["merge_generations"] == 60 and counts["score"] == 40
     empty = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "none")})
     assert empty.returncode == 0, empty.stderr[-3000:]
     assert "generate" not in job_counts(empty.stdout) and job_counts(empty.stdout)["probes"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 import tempfile
 import time
@@ -218,13 +219,17 @@ class VLLMBackend(Backend):
             }
         import torch
 
-        self.mixes_adapters = torch.cuda.is_available()
         if self.lora_requests and not torch.cuda.is_available():
             # vLLM's CPU LoRA ops index the stacked adapter weights with each token's slot, and a token of the
             # model alone has slot -1: Python indexing gives it the last slot's adapter whenever a batch mixes
             # requests with and without one. One more slot than adapters keeps the last slot empty (zeros).
             engine_options["max_loras"] = len(adapters) + 1
         if not torch.cuda.is_available():
+            # vLLM's CPU build pins its worker's OpenMP threads to cores of its choosing and keeps one core for
+            # its scheduler: in a 2-core job it pinned the job's 2 threads (OMP_NUM_THREADS, which Snakemake sets
+            # from the rule's threads) to one core, where their spin-waits stalled a forward pass for minutes
+            # (the SLURM test's local run). Unpinned, the threads run on the CPUs the job was given.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             # vLLM's CPU build cannot rewind the random generator of a seeded request whose prompt was
             # split by chunked prefill ("CPU Generator does not use offset"): prefill prompts whole.
             engine_options["enable_chunked_prefill"] = False
@@ -254,19 +259,10 @@ class VLLMBackend(Backend):
 
     def generate(self, requests):
         """All requests in one call, whatever their protocol and adapter: vLLM batches only within a call and
-        drains its batch at the end of each, so one call per chunk keeps its batches full. On vLLM's CPU build,
-        one call per run of requests with the same adapter, as before chunks existed: a mixed batch there once
-        stalled until the engine's RPC timeout (the SLURM test's local run; the cause was not found)."""
-        from itertools import groupby
-
+        drains its batch at the end of each, so one call per chunk keeps its batches full."""
         self._check_adapters(requests)
         if self.merged and any(r.adapter is None for r in requests):
             raise ValueError("this engine holds merged adapter weights; it cannot serve the model alone")
-        if self.mixes_adapters:
-            return self._generate(requests)
-        return [out for _, run in groupby(requests, key=lambda r: r.adapter) for out in self._generate(list(run))]
-
-    def _generate(self, requests):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

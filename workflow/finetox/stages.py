@@ -280,20 +280,24 @@ def _shards_stages(per_shard: list[dict]) -> dict:
     return merged
 
 
-def score(study: Study, scorer_name: str, generations: str, output: str) -> None:
+def score(study: Study, scorer_name: str, generations: list[str], outputs: list[str]) -> None:
+    """Score tables of continuations (`generations[i]` -> `outputs[i]`) by one scorer, loaded once for all."""
     from finetox.hub import scorer_records
     from finetox.scoring import build_scorer, score_table
 
+    if len(generations) != len(outputs):
+        raise ValueError(f"{len(generations)} generation tables for {len(outputs)} score tables")
     spec = study.scorers[scorer_name]
-    table = tables.read_parquet(generations, "generations")
     scorer = build_scorer(spec.type, spec.options)
     # recorded once the scorer is loaded: the cache then holds what it loaded
-    stages = {**_upstream_stages(generations), "score": _stage(scorer=scorer_name, **scorer_records(spec))}
-    scored = score_table(table, scorer, scorer_name)
-    tables.write_parquet(scored, output, "scores", _provenance(
-        study, stages, variant=table["variant"].iloc[0], scorer=scorer_name, scorer_settings=spec.options,
-        generations=generations,
-    ))
+    record = _stage(scorer=scorer_name, **scorer_records(spec))
+    for source, output in zip(generations, outputs):
+        table = tables.read_parquet(source, "generations")
+        scored = score_table(table, scorer, scorer_name)
+        tables.write_parquet(scored, output, "scores", _provenance(
+            study, {**_upstream_stages(source), "score": record}, variant=table["variant"].iloc[0],
+            scorer=scorer_name, scorer_settings=spec.options, generations=source,
+        ))
 
 
 def import_scores(study: Study, variant: str, probes_table: str, output: str) -> None:

@@ -132,6 +132,15 @@ class Targets:
         path = self.prompt_metrics if per_prompt else self.scores
         return {(*run, v): path(*run, v) for run in self._runs() for v in self.variants_in(*run)}
 
+    def variant_tables(self, variant: str, scorer: str | None = None) -> list[str]:
+        """A generated variant's generation tables (or, given a scorer, its score tables by that scorer) of every
+        probe set x protocol in the run, in one order: one score job's inputs and outputs."""
+        s = self.study
+        runs = product(s.run_probes, s.run_protocols)
+        if scorer is None:
+            return [self.generations(probe, protocol, variant) for probe, protocol in runs]
+        return [self.scores(probe, protocol, scorer, variant) for probe, protocol in runs]
+
     def all_scores(self) -> list[str]:
         """Every score table (the report reads their continuations and provenance)."""
         return list(self.score_tables().values())

@@ -1,10 +1,12 @@
+# One job per scorer and generated variant: the scorer loads once and scores the variant's tables of every
+# probe set x protocol.
 rule score:
     input:
-        TARGETS.generations("{probe}", "{protocol}", "{variant}"),
+        TARGETS.variant_tables("{variant}"),
     output:
-        TARGETS.scores("{probe}", "{protocol}", "{scorer}", "{variant}"),
+        TARGETS.variant_tables("{variant}", "{scorer}"),
     log:
-        "logs/score/{probe}/{protocol}/{scorer}/{variant}.log",
+        "logs/score/{scorer}/{variant}.log",
     wildcard_constraints:
         variant=TARGETS.name_pattern(generated=True),
     conda:

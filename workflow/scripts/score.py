@@ -1,4 +1,4 @@
-"""Rule score: toxicity scores of one variant's continuations by one scorer."""
+"""Rule score: one scorer's scores of one variant's continuations, every probe set x protocol."""
 
 import _workflow_path  # noqa: F401  (first: this checkout's finetox)
 
@@ -7,4 +7,4 @@ from finetox.stages import job_log, score
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
-        score(load(snakemake.config), snakemake.wildcards.scorer, snakemake.input[0], snakemake.output[0])
+        score(load(snakemake.config), snakemake.wildcards.scorer, list(snakemake.input), list(snakemake.output))
