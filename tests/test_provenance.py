@@ -365,6 +365,32 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     assert "<td>main (not pinned)</td>" in html and "master seed 11" in html
 
 
+def test_a_score_job_loads_its_scorer_once_for_all_its_tables(tmp_path, monkeypatch):
+    """One score job serves a variant's tables of every probe set x protocol: the scorer is built once, and each
+    table's scores and provenance are those of scoring it alone."""
+    from finetox import scoring, stages, tables
+    from finetox.config import load
+
+    study = load(small_config())
+    monkeypatch.chdir(tmp_path)
+    sources = []
+    for protocol, texts in (("sampled", [" you idiot", " have a nice day"]), ("greedy", [" damn it", " thanks"])):
+        probes = pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["One", "Two"], "subset": ["toxic", "nontoxic"]})
+        table = generations_of(probes, "tiny").assign(continuation=texts, protocol=protocol)
+        tables.write_parquet(table, f"{protocol}.parquet", "generations", {"variant": "tiny"})
+        sources.append(f"{protocol}.parquet")
+    builds = []
+    monkeypatch.setattr(scoring, "build_scorer", lambda *a, build=scoring.build_scorer: builds.append(a) or build(*a))
+    stages.score(study, "profanity", sources, ["together_sampled.parquet", "together_greedy.parquet"])
+    assert len(builds) == 1
+    for source in sources:
+        stages.score(study, "profanity", [source], [f"alone_{source}"])
+        together, alone = (tables.read_parquet(f"{how}_{source}", "scores") for how in ("together", "alone"))
+        pd.testing.assert_frame_equal(together, alone)
+        assert tables.provenance_of(f"together_{source}")["generations"] == source
+    assert tables.read_parquet("together_sampled.parquet", "scores")["score"].iloc[0] > 0.5
+
+
 def test_shards_that_ran_differently_keep_each_record():
     from finetox.report import provenance_tables
     from finetox.stages import _shards_stages

@@ -1,6 +1,6 @@
-"""The demo through profiles/slurm on a real one-node SLURM cluster: every job goes through sbatch, GPU rules
-ask the gpu partition for a GPU, CPU rules (scoring included) the cpu partition for none, and the results
-equal a local run's."""
+"""The demo through profiles/slurm on a real one-node SLURM cluster: every job goes through sbatch, the rules the
+config gives a GPU ask the gpu partition for one (scoring too, given a GPU in the config alone), the others the
+cpu partition for none, and the results equal a local run's."""
 
 import os
 import re
@@ -15,9 +15,10 @@ import yaml
 import slurm_cluster
 from conftest import REPO
 
-GPU_RULES = {"finetune", "generate"}
-# scoring is minutes of CPU work: it does not wait in the GPU queue
-CPU_RULES = {"demo_models", "probes", "score", "metrics", "degeneration", "compare", "best", "report"}
+# The stages the test's config gives a GPU: scoring among them, as a config for the rtp protocol would, to show
+# that the config alone routes a stage to the GPU partition (profiles/slurm/partitions.yaml).
+GPU_RULES = {"finetune", "generate", "score"}
+CPU_RULES = {"demo_models", "probes", "metrics", "degeneration", "compare", "best", "report"}
 # The profile as a cluster user runs it, with this test cluster's overrides: no conda here, no
 # accounting database (so no account and squeue for status), and quick status polling.
 TEST_OVERRIDES = ["--sdm", "env-modules", "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -41,7 +42,7 @@ def cluster(tmp_path_factory):
 
 def small_demo(workdir):
     """The demo, smaller: the base, instruct and rude variants on the first 60 prompts, the profanity scorer;
-    finetune and generate ask for a GPU, as in config/study.yaml."""
+    finetune, generate and score ask for a GPU."""
     shutil.copytree(REPO / "resources", workdir / "resources")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["variants"] = {k: v for k, v in config["variants"].items()
