@@ -3,7 +3,7 @@
 Each commit is checked out into a scratch worktree and runs the demo from nothing (`snakemake --cores N`, what
 `make demo` runs, with this checkout's virtual environment and `VLLM_CPU_KVCACHE_SPACE` as the Makefile sets it),
 one after the other. It prints each run's wall time, its generate jobs and engine starts (from the generate
-logs), and the ratio of the wall times:
+logs), the ratio of the wall times, and how many of the demo's continuations differ between the two runs:
 
     python workflow/benchmarks/demo_time.py BEFORE [AFTER]   # commits; AFTER defaults to HEAD
 """
@@ -38,9 +38,23 @@ def run_demo(commit: str, scratch: Path, cores: int) -> dict:
         # vLLM logs this once per engine start
         starts = sum(len(re.findall(r"Loading weights took", p.read_text(errors="replace")))
                      for p in logs)
-        return {"commit": commit, "wall_s": wall, "generate_jobs": len(logs), "engine_starts": starts}
+        return {"commit": commit, "wall_s": wall, "generate_jobs": len(logs), "engine_starts": starts,
+                "continuations": continuations(tree / "results/generations")}
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def continuations(directory: Path) -> dict[tuple, str]:
+    """Every continuation the run wrote, by (probe set, protocol, variant, prompt, sample)."""
+    import pandas as pd
+
+    found = {}
+    for path in directory.glob("*/*/*.parquet"):  # <probe>/<protocol>/<variant>.parquet (not the jobs' parts)
+        table = pd.read_parquet(path, columns=["prompt_id", "sample", "continuation"])
+        probe, protocol, variant = path.parts[-3], path.parts[-2], path.stem
+        for prompt_id, sample, text in table.itertuples(index=False):
+            found[probe, protocol, variant, prompt_id, sample] = text
+    return found
 
 
 def main() -> None:
@@ -57,6 +71,10 @@ def main() -> None:
     for r in results:
         print(f"{r['commit']:<10} {r['wall_s']:>8.0f} {r['generate_jobs']:>14} {r['engine_starts']:>14}")
     print(f"after / before wall time: {results[1]['wall_s'] / results[0]['wall_s']:.2f}")
+    before, after = (r["continuations"] for r in results)
+    differ = sum(before[key] != after.get(key) for key in before)
+    print(f"continuations: {len(before)} before, {len(after)} after, {differ} differ"
+          + ("" if before.keys() == after.keys() else " (not the same keys)"))
 
 
 if __name__ == "__main__":
