@@ -66,12 +66,13 @@ def study_config():
 
 def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     run = run_snakemake(tmp_path, study_config(), "-n", env={"HF_HUB_OFFLINE": "1"})
-    # 20 variants x 3 probe sets x 1 protocol x 2 scorers; the 14 comparisons (4 base->instruct,
+    # 20 variants x 3 probe sets x 1 protocol x 2 scorers: 120 metrics, from 40 score jobs (one per variant and
+    # scorer, each scoring the variant's 3 probe sets with one scorer load); the 14 comparisons (4 base->instruct,
     # 6 instruct->Dolly, 4 instruct->community) of each probe set x protocol x scorer are fitted together,
     # once for the rates and once for BEST; generation jobs follow once the probes are selected, and with
     # them one degeneration job per variant x probe set.
     assert job_counts(run.stdout) == {
-        "probes": 3, "finetune": 6, "merge_generations": 60, "score": 120, "metrics": 120, "compare": 6, "best": 6,
+        "probes": 3, "finetune": 6, "merge_generations": 60, "score": 40, "metrics": 120, "compare": 6, "best": 6,
         "degeneration": 60, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1,
         "report": 1, "all": 1,
     }
