@@ -23,7 +23,11 @@ rule compare:
         comparisons=lambda wildcards: repr(TARGETS.comparisons_in(**wildcards)),
         settings=STUDY.comparisons_hash(),
         seed=STUDY.seed,
-        pools={name: recipe.pool for name, recipe in STUDY.recipes.items()},
+        # (a string, not a dict: Snakemake compares a dict param's items in order, and reordering recipes
+        # in the config must rerun nothing)
+        pools=" ".join(
+            f"{name}={recipe.pool}" for name, recipe in sorted(STUDY.recipes.items())
+        ),
     script:
         "../scripts/compare.py"
 
