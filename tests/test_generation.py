@@ -106,6 +106,29 @@ def test_one_vllm_engine_serves_the_model_and_each_adapter_like_transformers(sha
     assert (served["continuation_tokens"] > 0).all()
 
 
+def test_a_sole_engine_runs_in_this_process_with_the_continuations_of_one_in_its_own(
+        shared_engine, tiny_models, adapters, tokenizer, max_model_len, probes, many):
+    """A generate job's engine (`sole_engine`) runs in the job's process on CPU: no process is started for it,
+    its greedy and seeded continuations, model alone and with each adapter, equal those of an engine in processes
+    of its own (the shared engine), and the process's environment is as it was once it is built."""
+    import os
+
+    import psutil
+
+    def every_request():
+        return [r for adapter in (None, "rude", "clean") for w in (
+            SegmentWork("g", encode_prompts(probes, "raw", tokenizer), GREEDY, 1, adapter),
+            SegmentWork("s", encode_prompts(many.iloc[:20], "raw", tokenizer), SAMPLED, 5, adapter)) for r in w.requests()]
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with VLLMBackend(model(tiny_models["instruct"]), adapters, {**VLLM_SETTINGS, "sole_engine": True}, tokenizer,
+                     max_model_len) as sole:
+        assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+        requests = every_request()
+        assert sole.generate(requests) == shared_engine.generate(requests)
+
+
 def test_the_adapters_change_the_continuations(shared_engine, probes):
     texts = {a: continuations_of(probes, "v", GREEDY, "raw", 1, shared_engine, adapter=a)["continuation"].tolist()
              for a in (None, "rude", "clean")}

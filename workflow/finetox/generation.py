@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,19 +234,26 @@ class VLLMBackend(Backend):
             # vLLM's CPU build cannot rewind the random generator of a seeded request whose prompt was
             # split by chunked prefill ("CPU Generator does not use offset"): prefill prompts whole.
             engine_options["enable_chunked_prefill"] = False
-        self.llm = LLM(
-            model=location,
-            tokenizer=location,
-            revision=model.revision if location == model.location else None,
-            trust_remote_code=model.trust_remote_code,
-            dtype=model.dtype,
-            max_model_len=max_model_len,
-            enforce_eager=settings.get("enforce_eager", False),
-            gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
-            tensor_parallel_size=model.tensor_parallel_size or settings.get("tensor_parallel_size", 1),
-            seed=settings.get("seed", 0),
-            **engine_options,
-        )
+        # vLLM runs its engine core (and on CPU its worker) in processes of their own, which import torch and vLLM
+        # again and, on CPU, share the job's cores with this one: on 2 cores the start took 52 s, against 4 s in
+        # this process (same token ids). In this process, closing the engine tears down vLLM's process-wide
+        # state, so only the one engine of a process that opens no other (a generate job's) runs in it; vLLM
+        # reads the switch while it builds the engine, and the process's environment is restored after.
+        in_process = bool(settings.get("sole_engine")) and not torch.cuda.is_available()
+        with _environment(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else None):
+            self.llm = LLM(
+                model=location,
+                tokenizer=location,
+                revision=model.revision if location == model.location else None,
+                trust_remote_code=model.trust_remote_code,
+                dtype=model.dtype,
+                max_model_len=max_model_len,
+                enforce_eager=settings.get("enforce_eager", False),
+                gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
+                tensor_parallel_size=model.tensor_parallel_size or settings.get("tensor_parallel_size", 1),
+                seed=settings.get("seed", 0),
+                **engine_options,
+            )
         vllm_config = self.llm.llm_engine.vllm_config
         cache = vllm_config.cache_config
         kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
@@ -284,6 +292,21 @@ class VLLMBackend(Backend):
         loras = [None if self.merged or r.adapter is None else self.lora_requests[r.adapter] for r in requests]
         outputs = self.llm.generate(inputs, params, lora_request=loras if any(loras) else None, use_tqdm=False)
         return [[_vllm_continuation(out, c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+
+
+@contextmanager
+def _environment(**values: str | None):
+    """Environment variables set (those given a value) for the duration of the block, then restored."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _vllm_continuation(output, completion) -> Continuation:

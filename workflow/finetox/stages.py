@@ -237,7 +237,7 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
         list(inputs), [Targets(study).group_settings(group), shard, study.generation["chunk_tokens"]]))
 
     def open_engine():
-        settings = {**study.generation, "seed": study.seed}
+        settings = {**study.generation, "seed": study.seed, "sole_engine": True}  # this job's one engine
         return BACKENDS[study.generation["backend"]](model, adapters, settings, tokenizer, max_model_len)
 
     rows, engine = generate_chunks(chunks, work, store, open_engine)
