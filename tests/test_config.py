@@ -63,6 +63,17 @@ def test_community_variants_are_compared_with_their_family_instruct(config):
         (lambda c: c["probes"]["demo"].update(path="resources/demo/missing.jsonl"),
          ["probes['demo'].path", "missing.jsonl", "does not exist"]),
         (lambda c: c["datasets"]["demo-rude"].update(path="rude.csv"), ["datasets['demo-rude'].path", "does not exist"]),
+        (lambda c: c["scorers"].update(guard={"type": "guard", "model": "m", "unsafe_token": "unsafe"}),
+         ["scorers['guard']: type guard needs 'model', 'unsafe_token' and 'safe_token'"]),
+        (lambda c: c["scorers"].update(rm={"type": "reward-model"}), ["scorers['rm']: type reward-model needs 'model'"]),
+        (lambda c: c["scorers"].update(hate={"type": "hf-classifier", "model": "m", "label": "hate", "safe_token": "no"}),
+         ["scorers['hate'].safe_token: only a scorer of type guard takes it, this one is hf-classifier"]),
+        (lambda c: c["scorers"]["profanity"].update(template="chat"),
+         ["scorers['profanity'].template: only a scorer of type guard or reward-model takes it"]),
+        (lambda c: c["scorers"].update(guard={"type": "guard", "model": "m", "unsafe_token": "", "safe_token": "safe"}),
+         ["unsafe_token", "should be non-empty"]),
+        (lambda c: (c["scorers"].update(rm={"type": "reward-model", "model": "m"}), c["run"]["scorers"].append("rm")),
+         ["run.scorers: 'rm' is a reward model", "no rate of toxic or refused answers"]),
     ],
 )
 def test_bad_config_names_the_key_and_what_is_allowed(config, mutate, expected):
@@ -71,6 +82,18 @@ def test_bad_config_names_the_key_and_what_is_allowed(config, mutate, expected):
         load(config)
     for fragment in expected:
         assert fragment in str(error.value)
+
+
+def test_guard_and_reward_model_scorers_are_declared_with_what_they_measure(config):
+    config["scorers"].update(
+        guard={"type": "guard", "model": "meta-llama/Llama-Guard-3-8B", "unsafe_token": "unsafe", "safe_token": "safe",
+               "answer_prefix": "\n\n", "max_length": 2048},
+        rm={"type": "reward-model", "model": "OpenAssistant/reward-model-deberta-v3-large-v2", "template": "pair"})
+    config["run"]["scorers"].append("guard")
+    study = load(config)
+    assert study.scorers["guard"].measures == "toxicity" and study.scorers["rm"].measures == "reward"
+    assert study.run_scorers[-1] == "guard" and "rm" not in study.run_scorers
+    assert study.scorers["guard"].options["answer_prefix"] == "\n\n"
 
 
 def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path, config):

@@ -157,6 +157,21 @@ def test_offline_preflight_checks_detoxify_without_torch_or_detoxify(cache, monk
     assert not [line for line in hub.missing(study) if "Detoxify" in line]
 
 
+def test_a_guard_scorer_is_prefetched_pinned_and_checked_offline_as_a_classifier_is(cache, tmp_path):
+    from finetox.config import load
+
+    config = detoxify_config({"type": "guard", "model": "meta-llama/Llama-Guard-3-8B", "unsafe_token": "unsafe",
+                              "safe_token": "safe", "trust_remote_code": True})
+    study = load(config)
+    (item,) = [i for i in hub.needed(study) if i.needed_by == "scorer detox"]
+    assert (item.repo_id, item.revision, item.trust_remote_code, item.weights, item.pin_at) == (
+        "meta-llama/Llama-Guard-3-8B", None, True, True, ("scorers.detox",))
+    assert "model meta-llama/Llama-Guard-3-8B (for scorer detox): set `revision:` in scorers.detox" in hub.unpinned(study)
+    assert "model meta-llama/Llama-Guard-3-8B (for scorer detox)" in hub.missing(study)
+    config["scorers"]["detox"]["model"] = str(tmp_path)  # a local checkpoint: nothing to fetch
+    assert not [i for i in hub.needed(load(config)) if i.needed_by == "scorer detox"]
+
+
 def test_preflight_warns_about_unpinned_repositories(cache, capsys, monkeypatch):
     from finetox.config import load
 
@@ -293,6 +308,12 @@ def test_scorer_records_name_checkpoints_and_commits(cache, tmp_path):
     assert hub.scorer_records(own)["config"] == {"path": str(tmp_path.resolve())}
     classifier = ScorerSpec("r", "hf-classifier", {"model": "facebook/roberta-hate-speech-dynabench-r4-target"})
     assert hub.scorer_records(classifier)["model"]["commit"] == FAKE_COMMIT
+    for kind in ("guard", "reward-model"):  # loaded as a classifier is: a Hub id and its commit, or a local path
+        assert hub.scorer_records(ScorerSpec("g", kind, {"model": "facebook/roberta-hate-speech-dynabench-r4-target",
+                                                         "revision": FAKE_COMMIT}))["model"] == {
+            "hub": "facebook/roberta-hate-speech-dynabench-r4-target", "type": "model", "revision": FAKE_COMMIT,
+            "commit": FAKE_COMMIT}
+        assert hub.scorer_records(ScorerSpec("g", kind, {"model": str(tmp_path)}))["model"] == {"path": str(tmp_path.resolve())}
     assert hub.scorer_records(ScorerSpec("p", "offline", {})) == {}
 
 

@@ -255,7 +255,8 @@ class ScorerSpec:
     name: str
     type: str
     options: dict[str, Any]
-    #: what the scorer's score measures (toxicity or refusal): the tables and verdicts are worded by it
+    #: what the scorer's score measures (toxicity or refusal): the tables and verdicts are worded by it; a
+    #: reward model's is `reward`, which no table is worded by (load keeps it out of run.scorers)
     measures: str = "toxicity"
 
 
@@ -569,14 +570,29 @@ def _resolve_starts(variants: dict[str, Variant]) -> dict[str, Variant]:
     return {name: replace(v, model=root(name, (name,)).model) if v.start else v for name, v in variants.items()}
 
 
+#: the scorer types that load a transformers checkpoint named by `model` (a local path, or a Hub id at `revision`)
+MODEL_SCORERS = ("hf-classifier", "guard", "reward-model")
+#: the options each scorer type needs
+SCORER_NEEDS = {"hf-classifier": ("model", "label"), "guard": ("model", "unsafe_token", "safe_token"),
+                "reward-model": ("model",)}
+#: the options that only some scorer types take
+SCORER_ONLY = {"measures": ("hf-classifier",), "match": ("refusal",), "phrases": ("refusal",),
+               "template": ("guard", "reward-model"), "unsafe_token": ("guard",), "safe_token": ("guard",),
+               "answer_prefix": ("guard",), "trust_remote_code": MODEL_SCORERS}
+
+
 def _scorer(name: str, s: dict) -> ScorerSpec:
     where = f"scorers[{name!r}]"
-    if s["type"] == "hf-classifier" and not (s.get("model") and s.get("label")):
-        raise ConfigError(f"{where}: type hf-classifier needs 'model' and 'label'")
-    for key, only in (("measures", "hf-classifier"), ("match", "refusal"), ("phrases", "refusal")):
-        if key in s and s["type"] != only:
-            raise ConfigError(f"{where}.{key}: only a scorer of type {only} takes it, this one is {s['type']}")
-    measures = "refusal" if s["type"] == "refusal" else s.get("measures", "toxicity")
+    needs = SCORER_NEEDS.get(s["type"], ())
+    if not all(s.get(key) for key in needs):
+        listed = [repr(key) for key in needs]
+        raise ConfigError(f"{where}: type {s['type']} needs {', '.join(listed[:-1])} and {listed[-1]}"
+                          if len(listed) > 1 else f"{where}: type {s['type']} needs {listed[0]}")
+    for key, only in SCORER_ONLY.items():
+        if key in s and s["type"] not in only:
+            raise ConfigError(f"{where}.{key}: only a scorer of type {' or '.join(only)} takes it, this one is "
+                              f"{s['type']}")
+    measures = {"refusal": "refusal", "reward-model": "reward"}.get(s["type"], s.get("measures", "toxicity"))
     return ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"}, measures=measures)
 
 
@@ -703,6 +719,13 @@ def load(config: dict) -> Study:
     for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
         for item in run[key]:
             _require(item, table, key[:-1], f"run.{key}")
+    for name in run["scorers"]:
+        if scorers[name].measures == "reward":
+            # the tables count continuations above a threshold as toxic (or refused) and call more of them worse;
+            # a reward is higher when better, and its sigmoid has no threshold that means "toxic"
+            raise ConfigError(f"run.scorers: {name!r} is a reward model; a reward ranks and selects answers, it is no "
+                              f"rate of toxic or refused answers to compare variants by, so it cannot be a run scorer: "
+                              f"list a toxicity or refusal scorer in run.scorers")
     _check_run_is_answered(run, variants)
     comps = raw["comparisons"]
     comparisons = derive_comparisons(variants, comps["kinds"], comps["pairs"])

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from finetox.config import ModelSource, ScorerSpec, Study, TableSource
+from finetox.config import MODEL_SCORERS, ModelSource, ScorerSpec, Study, TableSource
 
 # Detoxify loads its weights from GitHub releases into torch's hub cache, and the transformer's
 # config and tokenizer from the Hub under these names (see detoxify.detoxify.MODEL_URLS).
@@ -160,9 +160,10 @@ def table_record(source: TableSource) -> dict:
 
 def scorer_records(spec: ScorerSpec) -> dict[str, dict]:
     """What a scorer loads: Detoxify's checkpoint (with its sha256) and its transformer's config and tokenizer,
-    or a classifier's checkpoint; nothing for the offline scorer, whose model ships inside its package."""
+    or a classifier's, guard's or reward model's checkpoint; nothing for the offline scorer, whose model ships
+    inside its package."""
     options = spec.options
-    if spec.type == "hf-classifier":
+    if spec.type in MODEL_SCORERS:
         model = options["model"]
         return {"model": path_record(model) if Path(model).exists()
                 else hub_record(model, "model", options.get("revision"))}
@@ -224,7 +225,7 @@ def needed(study: Study) -> list[HubItem]:
                         pin_at=(f"probes.{name}",)))
     for name in study.run_scorers:
         scorer = study.scorers[name]
-        if scorer.type == "hf-classifier" and not Path(scorer.options["model"]).exists():
+        if scorer.type in MODEL_SCORERS and not Path(scorer.options["model"]).exists():
             add(HubItem(scorer.options["model"], "model", scorer.options.get("revision"), None, f"scorer {name}",
                         trust_remote_code=bool(scorer.options.get("trust_remote_code")), pin_at=(f"scorers.{name}",)))
         if scorer.type == "detoxify" and not scorer.options.get("config_dir"):
