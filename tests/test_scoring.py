@@ -20,8 +20,9 @@ def tiny_bert(directory, num_labels, **config):
     words = sorted({w.strip(".,").lower() for t in TEXTS for w in t.split()} - {""})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab))
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    # (transformers 5 ignores a `vocab_file` given to the fast tokenizer's constructor: every word would be [UNK])
+    tokenizer = BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})
+    assert tokenizer.unk_token_id not in tokenizer(words, is_split_into_words=True)["input_ids"]
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
