@@ -106,27 +106,36 @@ def test_one_vllm_engine_serves_the_model_and_each_adapter_like_transformers(sha
     assert (served["continuation_tokens"] > 0).all()
 
 
-def test_a_sole_engine_runs_in_this_process_with_the_continuations_of_one_in_its_own(
-        shared_engine, tiny_models, adapters, tokenizer, max_model_len, probes, many):
-    """A generate job's engine (`sole_engine`) runs in the job's process on CPU: no process is started for it,
-    its greedy and seeded continuations, model alone and with each adapter, equal those of an engine in processes
-    of its own (the shared engine), and the process's environment is as it was once it is built."""
+def sole_engine_in_a_fresh_process(model_dir, adapters, tokenizer, max_model_len, requests):
+    """What a generate job's engine does in its own fresh process: whether it started any process, whether the
+    environment holds vLLM's switch once the engine is built, and its continuations of `requests`."""
     import os
 
     import psutil
 
-    def every_request():
-        return [r for adapter in (None, "rude", "clean") for w in (
-            SegmentWork("g", encode_prompts(probes, "raw", tokenizer), GREEDY, 1, adapter),
-            SegmentWork("s", encode_prompts(many.iloc[:20], "raw", tokenizer), SAMPLED, 5, adapter)) for r in w.requests()]
-
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with VLLMBackend(model(tiny_models["instruct"]), adapters, {**VLLM_SETTINGS, "sole_engine": True}, tokenizer,
+    with VLLMBackend(model(model_dir), adapters, {**VLLM_SETTINGS, "sole_engine": True}, tokenizer,
                      max_model_len) as sole:
-        assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
-        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
-        requests = every_request()
-        assert sole.generate(requests) == shared_engine.generate(requests)
+        started = {p.pid for p in psutil.Process().children(recursive=True)} - before
+        return started, "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ, sole.generate(requests)
+
+
+def test_a_sole_engine_runs_in_its_process_with_the_continuations_of_one_in_its_own(
+        shared_engine, tiny_models, adapters, tokenizer, max_model_len, probes, many):
+    """A generate job's engine (`sole_engine`) runs in the job's process on CPU: built in a fresh process, as a
+    job's is, it starts no process, leaves the environment as it was, and its greedy and seeded continuations,
+    model alone and with each adapter, equal those of an engine in processes of its own (the shared engine)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    requests = [r for adapter in (None, "rude", "clean") for w in (
+        SegmentWork("g", encode_prompts(probes, "raw", tokenizer), GREEDY, 1, adapter),
+        SegmentWork("s", encode_prompts(many.iloc[:20], "raw", tokenizer), SAMPLED, 5, adapter)) for r in w.requests()]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as job:
+        started, switch_left, outputs = job.submit(sole_engine_in_a_fresh_process, tiny_models["instruct"], adapters,
+                                                   tokenizer, max_model_len, requests).result()
+    assert not started and not switch_left
+    assert outputs == shared_engine.generate(requests)
 
 
 def test_the_adapters_change_the_continuations(shared_engine, probes):

@@ -240,6 +240,11 @@ class VLLMBackend(Backend):
         # state, so only the one engine of a process that opens no other (a generate job's) runs in it; vLLM
         # reads the switch while it builds the engine, and the process's environment is restored after.
         in_process = bool(settings.get("sole_engine")) and not torch.cuda.is_available()
+        if in_process and "llvmlite" in sys.modules:
+            # vLLM's in-process worker scans every loaded module for kernels to override and fails on llvmlite's
+            # (numba's) function wrappers: a process that loaded them keeps vLLM's own processes
+            log("generate: llvmlite is loaded in this process, so vLLM's engine runs in processes of its own")
+            in_process = False
         with _environment(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else None):
             self.llm = LLM(
                 model=location,
