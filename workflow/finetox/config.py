@@ -13,12 +13,10 @@ import jsonschema
 import yaml
 
 from finetox.decision import rope_of
+from finetox.errors import ConfigError  # noqa: F401  (re-exported: callers catch finetox.config.ConfigError)
+from finetox.levers import guard as guard_lever
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that finetox refuses, with a message naming the key and what is allowed."""
 
 
 # --- schema validation with defaults -------------------------------------------------------
@@ -248,6 +246,8 @@ class Variant:
     external: ExternalScores | None = None
     #: a sequential recipe: the fine-tuned variant whose merged checkpoint this one trains on and is served from
     start: str | None = None
+    #: a guard on another variant's answers (finetox.levers.guard); `model` is then its source's
+    guard: guard_lever.GuardSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,11 @@ class Study:
     run_probes: tuple[str, ...]
     run_protocols: tuple[str, ...]
     run_scorers: tuple[str, ...]
+
+    @property
+    def used_scorers(self) -> tuple[str, ...]:
+        """The scorers a run loads: its run scorers and the guards' selectors."""
+        return tuple(dict.fromkeys([*self.run_scorers, *(v.guard.scorer for v in self.variants.values() if v.guard)]))
 
     @property
     def generation(self) -> dict:
@@ -373,10 +378,26 @@ class Study:
         """The weights a variant loads (and its adapter trains on): its model, or for a sequential recipe the
         merged checkpoint of the variant it starts from (written by the merge rule)."""
         v = self.variants[variant]
+        if v.guard:
+            return self.checkpoint(v.guard.source)
         if not v.start:
             return v.model
         return replace(v.model, name=f"{v.start}.merged", path=MERGED_CHECKPOINT.format(variant=v.start), hub=None,
                        revision=None)
+
+    def adapter_variant(self, variant: str) -> str | None:
+        """The variant whose trained adapter a variant is served with: itself when it has a recipe, a guarded
+        variant's source's; None for a checkpoint alone."""
+        v = self.variants[variant]
+        if v.guard:
+            return self.adapter_variant(v.guard.source)
+        return variant if v.recipe else None
+
+    def selection_hash(self, variant: str) -> str:
+        """A digest of what makes a guarded variant's choice among its candidates what it is: its guard settings
+        and the scorer's (the select rule's rerun trigger; the candidates themselves are its inputs)."""
+        guard = self.raw["variants"][variant]["guard"]
+        return config_hash({"guard": guard, "scorer": self.raw["scorers"][guard["scorer"]]})
 
     def _checkpoint_settings(self, variant: str) -> dict:
         v = self.variants[variant]
@@ -385,6 +406,9 @@ class Study:
     def generation_hash(self, variant: str, protocol: str) -> str:
         """A digest of what makes a variant's continuations under one protocol what they are."""
         v, p = self.variants[variant], self.protocols[protocol]
+        if v.guard:  # its extra candidates: its source's sampling, more of it, under the seed its name derives
+            return config_hash({"candidates_of": self.generation_hash(v.guard.source, protocol),
+                                "candidates": v.guard.candidates, "variant": variant})
         return config_hash({
             "model": self._checkpoint_settings(variant),
             "adapter": self._training_settings(variant) if v.recipe else None,
@@ -496,6 +520,8 @@ def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, 
                 if start and variants[start].role == "finetuned":
                     name = f"{start}_vs_{treatment}"
                     comparisons[name] = Comparison(name, "finetuned_vs_aligned", start, treatment)
+    for name, baseline, treatment in guard_lever.comparisons(variants):
+        comparisons[name] = Comparison(name, guard_lever.COMPARISON_KIND, baseline, treatment)
     for pair in pairs:
         for side in ("baseline", "treatment"):
             _require(pair[side], variants, "variant", f"comparisons.pairs[{pair['name']!r}].{side}")
@@ -668,6 +694,14 @@ def load(config: dict) -> Study:
             external = ExternalScores(_table_source(name, scores), scores["probe"], scores["protocol"], scores["scorer"])
         elif "model" in v:
             _require(v["model"], models, "model", f"{where}.model")
+        if ("guard" in v) != (v["role"] == guard_lever.ROLE):
+            raise ConfigError(f"{where}: role {guard_lever.ROLE!r} and a `guard` block go together (role "
+                              f"{v['role']!r}, {'a' if 'guard' in v else 'no'} guard)")
+        if "guard" in v:
+            for key in ("recipe", "seed", "prompt_format"):
+                if v[key] is not None:
+                    raise ConfigError(f"{where}.{key}: a guarded variant is its source's answers, chosen; it takes "
+                                      f"no {key} of its own")
         if v["role"] in TRAINED_ROLES and not v["recipe"] and not external:
             raise ConfigError(f"{where}: role {v['role']!r} needs a recipe; declared recipes: {sorted(recipes)}")
         if v["recipe"]:
@@ -687,6 +721,7 @@ def load(config: dict) -> Study:
             prompt_format=v["prompt_format"],
             external=external,
             start=v.get("from"),
+            guard=guard_lever.settings(v["guard"]) if "guard" in v else None,
         )
     variants = _resolve_starts(variants)
     probes = {}
@@ -716,6 +751,10 @@ def load(config: dict) -> Study:
     }
     scorers = {name: _scorer(name, s) for name, s in raw["scorers"].items()}
     run = raw["run"]
+    for name, v in variants.items():
+        if v.guard:
+            guard_lever.check(name, v.guard, variants, scorers, run["scorers"])
+            variants[name] = replace(v, model=variants[v.guard.source].model)
     for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
         for item in run[key]:
             _require(item, table, key[:-1], f"run.{key}")

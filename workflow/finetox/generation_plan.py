@@ -38,13 +38,24 @@ class Piece:
         return (self.stop - self.start) * self.segment.tokens_per_prompt
 
 
+def samples(study, variant: str, protocol: str) -> int:
+    """Continuations per prompt a variant asks of the engine under a protocol: the protocol's samples; for a
+    guarded variant, its extra candidates (finetox.levers.guard; its first candidate is its source's answer)."""
+    from finetox.levers.guard import extra_candidates
+
+    guard = study.variants[variant].guard
+    count = study.protocols[protocol].samples
+    return extra_candidates(guard, count) if guard else count
+
+
 def segments(study, variants: list[str], prompt_counts: dict[str, int]) -> list[Segment]:
     """Every probe set x protocol x variant one engine serves, in name order: reordering the config's probe sets,
-    protocols or variants moves no prompt to another job."""
+    protocols or variants moves no prompt to another job. A guarded variant of one candidate asks for nothing."""
     return [
         Segment(probe, protocol, variant, prompt_counts[probe],
-                study.protocols[protocol].samples * study.protocols[protocol].max_new_tokens)
+                samples(study, variant, protocol) * study.protocols[protocol].max_new_tokens)
         for probe in sorted(study.run_probes) for protocol in sorted(study.run_protocols) for variant in sorted(variants)
+        if samples(study, variant, protocol)
     ]
 
 

@@ -158,6 +158,12 @@ def table_record(source: TableSource) -> dict:
     return hub_record(source.hub, "dataset", source.revision)
 
 
+def local_model(name: str) -> bool:
+    """Whether a scorer's `model` names a local directory rather than a Hub id: it exists, or it cannot be a Hub id
+    (which is `name` or `owner/name`), like results/demo/models/guard before the rule that builds it ran."""
+    return Path(name).exists() or name.startswith(("/", ".", "~")) or name.count("/") >= 2
+
+
 def scorer_records(spec: ScorerSpec) -> dict[str, dict]:
     """What a scorer loads: Detoxify's checkpoint (with its sha256) and its transformer's config and tokenizer,
     or a classifier's, guard's or reward model's checkpoint; nothing for the offline scorer, whose model ships
@@ -165,7 +171,7 @@ def scorer_records(spec: ScorerSpec) -> dict[str, dict]:
     options = spec.options
     if spec.type in MODEL_SCORERS:
         model = options["model"]
-        return {"model": path_record(model) if Path(model).exists()
+        return {"model": path_record(model) if local_model(model)
                 else hub_record(model, "model", options.get("revision"))}
     if spec.type != "detoxify":
         return {}
@@ -223,9 +229,9 @@ def needed(study: Study) -> list[HubItem]:
         if source.hub:
             add(HubItem(source.hub, "dataset", source.revision, source.files, f"probe set {name}",
                         pin_at=(f"probes.{name}",)))
-    for name in study.run_scorers:
+    for name in study.used_scorers:
         scorer = study.scorers[name]
-        if scorer.type in MODEL_SCORERS and not Path(scorer.options["model"]).exists():
+        if scorer.type in MODEL_SCORERS and not local_model(scorer.options["model"]):
             add(HubItem(scorer.options["model"], "model", scorer.options.get("revision"), None, f"scorer {name}",
                         trust_remote_code=bool(scorer.options.get("trust_remote_code")), pin_at=(f"scorers.{name}",)))
         if scorer.type == "detoxify" and not scorer.options.get("config_dir"):
@@ -242,7 +248,7 @@ def _detoxify_downloads(study: Study) -> list[tuple[str, str, Path]]:
     """The Detoxify checkpoints this run downloads from GitHub (scorers without a local checkpoint), as
     (scorer, url, where torch's hub cache keeps it)."""
     downloads = []
-    for name in study.run_scorers:
+    for name in study.used_scorers:
         spec = study.scorers[name]
         if spec.type == "detoxify" and not spec.options.get("checkpoint"):
             model_type = spec.options["model_type"]

@@ -19,6 +19,8 @@ from finetox.findings import percent, points, signed
 from finetox.config import Study, config_hash
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
 from finetox.hub import is_commit
+from finetox.levers import LEVERS
+from finetox.levers.guard import circular as guard_circular
 from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
@@ -36,6 +38,7 @@ KINDS = {
     "instruct_vs_community": "Community fine-tunes: instruct model to community checkpoint",
     "instruct_vs_aligned": "Safety recipes: instruct model to aligned",
     "finetuned_vs_aligned": "Repairs: fine-tuned to aligned (a safety recipe on the fine-tune)",
+    **{lever.COMPARISON_KIND: lever.COMPARISON_TITLE for lever in LEVERS.values()},
     "pair": "Pairs declared in the config",
 }
 
@@ -159,7 +162,8 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
     `probe_dropped` the source rows each probe set left out, by reason (the probes table's provenance)."""
     variants = pd.DataFrame([
         {"variant": v.name, "family": v.family, "role": v.role,
-         "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start else v.model.location if v.model
+         "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start
+                   else f"{v.guard.source}'s answers, chosen by {v.guard.scorer}" if v.guard else v.model.location if v.model
                    else f"scored elsewhere: {v.external.source.path or v.external.source.hub}"),
          "revision": (v.model.revision if v.model else v.external.source.revision) or "",
          "recipe": v.recipe.name if v.recipe else "",
@@ -275,6 +279,10 @@ def describe(study: Study, name: str) -> str:
     v = study.variants[name]
     if v.external:
         return f"scored elsewhere ({v.external.source.path or v.external.source.hub})"
+    if v.guard:
+        return (f"{v.guard.source}'s answers guarded by {v.guard.scorer}: the "
+                f"{'least harmful' if v.guard.select == 'lowest' else 'first safe'} of {v.guard.candidates} "
+                f"candidates per sample")
     if v.recipe:
         step = f"{v.recipe.name} ({v.recipe.method})"
         return f"{describe(study, v.start)}, then {step}" if v.start else f"{step} on {v.model.location}"
@@ -293,8 +301,23 @@ def capability_finding(row: pd.Series) -> dict:
             "rule": f"margin \u00b1{row['margin']:g}" if pd.notna(row["margin"]) else "HDI excludes 0"}
 
 
+def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) -> str | None:
+    """What a guarded variant's guard did, in words: how many candidates, by which rule, and how often it replaced
+    and filtered its source's answers (selection.csv's `all` rows)."""
+    guard = study.variants[variant].guard
+    if not guard or selection is None:
+        return None
+    rows = selection[(selection["variant"] == variant) & (selection["subset"] == "all")]
+    rule = ("lowest harm" if guard.select == "lowest" else f"the first with harm below {guard.threshold:g}")
+    fallback = "the fixed refusal" if guard.fallback == "refusal" else "its least harmful candidate"
+    acted = "; ".join(f"{r.probe}/{r.protocol}: replaced {r.replaced_rate:.1%} of {guard.source}'s answers, filtered "
+                      f"{r.filtered_rate:.1%} (no candidate below {guard.threshold:g}: answered {fallback})"
+                      for r in rows.itertuples())
+    return f"{guard.scorer} kept 1 of {guard.candidates} candidates per sample ({rule}): {acted or 'no rows'}"
+
+
 def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
-             capability_comparisons: pd.DataFrame | None) -> list[dict]:
+             capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None) -> list[dict]:
     """Per comparison kind, one finding per comparison: its primary toxicity verdict (comparisons.primary_subset),
     then each other subset's, per toxicity scorer, what it cost (refusals, capability), and what to distrust
     (degenerate variants, a failed BEST fit, paired and unpaired analyses that disagree, a borderline verdict), and
@@ -312,7 +335,8 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                 continue
             item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
                     "treatment_is": describe(study, c.treatment),
-                    "results": [], "price": [], "flags": [], "control": None, "capability": None}
+                    "results": [], "price": [], "flags": [], "control": None, "capability": None,
+                    "guard": guard_finding(study, c.treatment, selection)}
             for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
                                                                          sort=True):
                 first, others = say.primary_first(run)
@@ -326,6 +350,10 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                 else:
                     item["price"].append({"label": label, **headline})
                 item["flags"] += say.flags(run, label if several or measure != "toxicity" else "")
+                circular = [v for v in (c.baseline, c.treatment) if guard_circular(study.variants[v], scorer)]
+                if circular:
+                    item["flags"].append(f"{scorer} chose the answers of {', '.join(circular)} and grades them here "
+                                         f"(evaluate_with_selector): this verdict is circular")
                 failed = run["best_status"].dropna()
                 if (failed != "ok").any():
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
@@ -549,14 +577,15 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
                  degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
-                 probe_dropped: dict[str, dict[str, int]] | None = None) -> str:
+                 probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
     `provenance` holds the stage records the outputs carry (see provenance_tables); `degeneration` is the
     degeneration table; `instances` the continuations shown; `examples` the realised training examples of each
     fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
-    (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason.
+    (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
+    `selection` the guards' table (selection.csv; None without guarded variants).
     """
     degenerate = degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -612,7 +641,11 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                                                   instances.threshold)
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
-        "findings": findings(study, comparisons, degenerate, capability_comparisons),
+        "findings": findings(study, comparisons, degenerate, capability_comparisons, selection),
+        "selection": table_of(selection, "Guards: per guarded variant, how often its guard replaced its source's "
+                              "answer and how often no candidate was below its threshold (filtered)",
+                              percent_columns=("filtered_rate", "replaced_rate"))
+        if selection is not None else None,
         "multiplicity": say.multiplicity(comparisons, settings["hdi_prob"]) if not comparisons.empty else None,
         "pooled": pooled_findings(pooled),
         "degenerate": sorted(degenerate.items()),

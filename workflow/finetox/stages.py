@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import traceback
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -107,6 +108,19 @@ def demo_models(study: Study, corpus: str, instructions: str, base_dir: str, ins
     for build, target in zip(scratch, (base, instruct)):
         _publish_directory(build, target)
     losses.to_csv(loss_csv, index=False)
+
+
+def demo_guard(study: Study, rude: str, clean: str, corpus: str, guard_dir: str, loss_csv: str) -> None:
+    """The demo's guard, trained on its rude and clean answers (finetox.demo.train_guard)."""
+    from finetox.demo import demo_guard_examples, train_guard
+
+    target = Path(guard_dir)
+    build = _building(target)
+    examples = demo_guard_examples(Path(rude), Path(clean), Path(corpus), study.seed)
+    print(f"demo guard: {len(examples)} examples, {sum(u for *_, u in examples)} unsafe", flush=True)
+    losses = train_guard(examples, build, study.seed)
+    _publish_directory(build, target)
+    pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
 
 
 def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -> None:
@@ -218,15 +232,14 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     tokenizer = load_tokenizer(model)
     encoded, work = {}, {}
     for s in dict.fromkeys(piece.segment for piece in pieces):
-        protocol = study.protocols[s.protocol]
-        prompt_format = study.variants[s.variant].prompt_format or protocol.prompt_format
+        protocol, prompt_format, seed = _sampling(study, s.variant, s.protocol)
         system = protocol.system_prompt if prompt_format == "chat" else None
         if (s.probe, prompt_format, system) not in encoded:
             encoded[s.probe, prompt_format, system] = encode_prompts(probes[s.probe], prompt_format, tokenizer, system)
-        variant = study.variants[s.variant]
-        work[s] = SegmentWork(s.variant, encoded[s.probe, prompt_format, system], protocol,
-                              variant.seed if variant.seed is not None else protocol.seed,
-                              s.variant if s.variant in adapters else None)
+        adapter = study.adapter_variant(s.variant)
+        work[s] = SegmentWork(s.variant, encoded[s.probe, prompt_format, system],
+                              replace(protocol, samples=plan.samples(study, s.variant, s.protocol)), seed,
+                              adapter if adapter in adapters else None)
     max_model_len = max(
         engine_max_model_len(model, [w.prompts for w in work.values() if w.protocol == protocol],
                              protocol.max_new_tokens)
@@ -247,7 +260,7 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
         table = rows[rows["segment"] == s.key].drop(columns="segment")
         path = Targets.shard_part(str(build), s.probe, s.protocol, s.variant)
         tables.write_parquet(table, path, "generations", _provenance(
-            study, _generation_stages(probes_tables[s.probe], adapters.get(s.variant), model),
+            study, _generation_stages(probes_tables[s.probe], adapters.get(study.adapter_variant(s.variant)), model),
             variant=s.variant, probe=s.probe, protocol=s.protocol, shard=shard,
             generation_seed=work[s].seed, variant_settings=study.generation_hash(s.variant, s.protocol),
         ))
@@ -255,6 +268,19 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     store.remove()
     log(f"generate: {len(chunks)} chunk(s), engine starts: {engine.starts}, engine start {engine.start_seconds:.1f} s, "
         f"engine generation {engine.generation_seconds:.1f} s, job {time.perf_counter() - started:.1f} s")
+
+
+def _sampling(study: Study, variant: str, protocol: str):
+    """How a variant samples under a protocol: the protocol, its prompt format and seed. A guarded variant's extra
+    candidates sample as its source does, under a seed of their own (finetox.levers.guard.candidate_seed)."""
+    from finetox.levers.guard import candidate_seed
+
+    v = study.variants[variant]
+    if v.guard:
+        source_protocol, prompt_format, seed = _sampling(study, v.guard.source, protocol)
+        return source_protocol, prompt_format, candidate_seed(seed, variant)
+    p = study.protocols[protocol]
+    return p, v.prompt_format or p.prompt_format, v.seed if v.seed is not None else p.seed
 
 
 def merge_generations(study: Study, probe: str, protocol: str, variant: str, shard_dirs: list[str],
@@ -298,6 +324,60 @@ def score(study: Study, scorer_name: str, generations: list[str], outputs: list[
             study, {**_upstream_stages(source), "score": record}, variant=table["variant"].iloc[0],
             scorer=scorer_name, scorer_settings=spec.options, generations=source,
         ))
+
+
+def select_guarded(study: Study, variant: str, sources: list[str], candidates: list[str], outputs: list[str],
+                   selections: list[str]) -> None:
+    """A guarded variant's answers: per probe set x protocol (`sources[i]`, `candidates[i]` -> `outputs[i]`,
+    `selections[i]`), its source's answer and extra candidates scored by the guard's scorer (loaded once for all),
+    one kept per sample (finetox.levers.guard.select). No candidates table when the guard has one candidate."""
+    from finetox.checkpoints import load_tokenizer
+    from finetox.hub import scorer_records
+    from finetox.levers import guard as lever
+    from finetox.scoring import build_scorer, score_table
+
+    guard = study.variants[variant].guard
+    if len(sources) != len(outputs) or len(selections) != len(outputs) or len(candidates) not in (0, len(outputs)):
+        raise ValueError(f"{len(sources)} source and {len(candidates)} candidate tables for {len(outputs)} outputs")
+    spec = study.scorers[guard.scorer]
+    scorer = build_scorer(spec.type, spec.options)
+    record = _stage(scorer=guard.scorer, **scorer_records(spec))
+    # the fixed refusal's length in the tokens of the model it stands in for
+    refusal_tokens = len(load_tokenizer(study.checkpoint(variant))(guard.refusal, add_special_tokens=False)["input_ids"])
+    for i, (source, output, selection) in enumerate(zip(sources, outputs, selections)):
+        answers = tables.read_parquet(source, "generations")
+        extra = tables.read_parquet(candidates[i], "generations") if candidates else None
+        pool = lever.candidates_table(answers, extra, guard)
+        scored = score_table(pool, scorer, guard.scorer)
+        pool = pool.assign(harm=lever.harm(scored["score"], spec.measures))
+        kept, chosen = lever.select(pool, guard, refusal_tokens)
+        kept = kept.assign(variant=variant)
+        upstream = {**_upstream_stages(source), **(_upstream_stages(candidates[i]) if candidates else {}),
+                    "select": record}
+        meta = _provenance(study, upstream, variant=variant, guard=vars(guard), **lever.rates(chosen))
+        tables.write_parquet(kept, output, "generations", meta)
+        tables.write_parquet(chosen.assign(variant=variant), selection, "selection", meta)
+        print(f"select: {variant} {Path(output).parent}: {lever.rates(chosen)}", flush=True)
+
+
+def selection_table(study: Study, files: list[str], output: str) -> None:
+    """results/tables/selection.csv: per guarded variant x probe set x protocol x subset, how often its guard
+    replaced the source's answer and how often it found no candidate below the threshold (filtered)."""
+    from finetox.levers import guard as lever
+
+    rows = []
+    for path in files:
+        table = tables.read_parquet(path, "selection", columns=["subset", "filtered", "replaced"])
+        meta = tables.provenance_of(path)
+        guard = meta["guard"]
+        probe, protocol = Path(path).parts[-3:-1]
+        for subset, part in [("all", table), *table.groupby("subset", sort=True)]:
+            rows.append({"variant": meta["variant"], "source": guard["source"], "probe": probe, "protocol": protocol,
+                         "subset": subset, "selector": guard["scorer"], "candidates": guard["candidates"],
+                         "select": guard["select"], "threshold": guard["threshold"], "fallback": guard["fallback"],
+                         **lever.rates(part)})
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(tables.SCHEMAS["selection_rates"]))
+    tables.write_csv(frame, output, "selection_rates")
 
 
 def import_scores(study: Study, variant: str, probes_table: str, output: str) -> None:
@@ -401,6 +481,8 @@ def capability_table(study: Study, files: list[str], output: str, comparisons_ou
     prob, settings = study.compare_settings["hdi_prob"], study.capability
     absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score "
                       f"reference answers with" for v in study.variants.values() if v.external}
+    absent |= {v.name: f"a guard chooses among {v.guard.source!r}'s answers: its model, and so its reference-answer "
+                       f"NLL, is {v.guard.source!r}'s" for v in study.variants.values() if v.guard}
     tables.write_csv(capability_summary(per_example, prob, study.seed, settings["replicates"]), output,
                      "capability_summary")
     comparisons = capability_comparisons(per_example, study.comparisons.values(), prob, study.seed,
@@ -527,7 +609,8 @@ def gather(files: list[str], schema: str, output: str) -> None:
 def report(study: Study, toxicity: str, comparisons: str, pooled: str, degeneration_csv: str, training_logs: list[str],
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: dict[tuple, str],
            prompt_files: dict[tuple, str], adapters: list[str], output: str, capability_csv: str | None = None,
-           capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None) -> None:
+           capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None,
+           selection_csv: str | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
     per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
@@ -560,7 +643,7 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                                          settings["embed_continuations"]), examples,
                         capability=_read_if_there(capability_csv, "capability_summary"),
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"),
-                        probe_dropped=dropped)
+                        probe_dropped=dropped, selection=_read_if_there(selection_csv, "selection_rates"))
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 

@@ -41,6 +41,39 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "seed": "int64",
         "backend": "string",
     },
+    # a guarded variant's choice per (prompt, sample) (results/selection/<probe>/<protocol>/<variant>.parquet):
+    # the candidate kept (0: its source's own answer; -1: the fixed refusal), the harm of the first and of the
+    # least harmful candidate, filtered (no candidate below the threshold) and replaced (kept is not candidate 0)
+    "selection": {
+        "prompt_id": "string",
+        "sample": "int64",
+        "subset": "string",
+        "variant": "string",
+        "candidates": "int64",
+        "kept": "int64",
+        "harm_first": "float64",
+        "harm_least": "float64",
+        "filtered": "bool",
+        "replaced": "bool",
+    },
+    # results/tables/selection.csv: how often each guard acted, per probe set x protocol x subset (and `all`)
+    "selection_rates": {
+        "variant": "string",
+        "source": "string",
+        "probe": "string",
+        "protocol": "string",
+        "subset": "string",
+        "selector": "string",
+        "candidates": "int64",
+        "select": "string",
+        "threshold": "float64",
+        "fallback": "string",
+        "n": "int64",
+        "filtered": "int64",
+        "filtered_rate": "float64",
+        "replaced": "int64",
+        "replaced_rate": "float64",
+    },
     # the generations plus one score per continuation (`score`, the scorer's toxicity label) and every label
     "scores": {
         "prompt_id": "string",

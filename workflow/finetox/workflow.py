@@ -51,6 +51,16 @@ class Targets:
         return f"{RESULTS}/generations/{probe}/{protocol}/{variant}.parquet"
 
     @staticmethod
+    def candidates(probe: str, protocol: str, variant: str) -> str:
+        """A guarded variant's extra candidates (its source's sampling, more of it), merged from the shards."""
+        return f"{RESULTS}/candidates/{probe}/{protocol}/{variant}.parquet"
+
+    @staticmethod
+    def selection(probe: str, protocol: str, variant: str) -> str:
+        """A guarded variant's choice per (prompt, sample): which candidate it kept, their harm, filtered or not."""
+        return f"{RESULTS}/selection/{probe}/{protocol}/{variant}.parquet"
+
+    @staticmethod
     def scores(probe: str, protocol: str, scorer: str, variant: str) -> str:
         return f"{RESULTS}/scores/{probe}/{protocol}/{scorer}/{variant}.parquet"
 
@@ -89,6 +99,7 @@ class Targets:
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
     POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
     DEGENERATION_TABLE = f"{RESULTS}/tables/degeneration.csv"
+    SELECTION_TABLE = f"{RESULTS}/tables/selection.csv"
     REPORT = f"{RESULTS}/report/report.html"
 
     # --- what the run asks for -------------------------------------------------------------
@@ -149,6 +160,39 @@ class Targets:
         """The variants finetox generates continuations for (or, generated=False, those scored elsewhere)."""
         return [v.name for v in self.study.variants.values() if (v.external is None) == generated]
 
+    def guarded_variants(self) -> list[str]:
+        return [v.name for v in self.study.variants.values() if v.guard]
+
+    def sampled_variants(self) -> list[str]:
+        """The generated variants whose continuations the generation stage writes as they are (not chosen by a
+        guard)."""
+        return [v for v in self.generated_variants() if not self.study.variants[v].guard]
+
+    def all_selections(self) -> list[str]:
+        s = self.study
+        return [self.selection(probe, protocol, v) for probe, protocol in product(s.run_probes, s.run_protocols)
+                for v in self.guarded_variants()]
+
+    def selection_tables(self) -> list[str]:
+        """The gathered guard table; none when no variant is guarded."""
+        return [self.SELECTION_TABLE] if self.guarded_variants() else []
+
+    def selection_inputs(self, variant: str) -> dict[str, list[str] | str]:
+        """What a guarded variant's select job reads: its source's continuations (candidate 0) and its extra
+        candidates of every probe set x protocol, and the selector's checkpoint when it is built locally."""
+        from finetox.hub import local_model
+
+        s = self.study
+        guard = s.variants[variant].guard
+        runs = list(product(s.run_probes, s.run_protocols))
+        inputs: dict[str, list[str] | str] = {"source": [self.generations(p, q, guard.source) for p, q in runs]}
+        if guard.candidates > 1:
+            inputs["candidates"] = [self.candidates(p, q, variant) for p, q in runs]
+        spec = s.scorers[guard.scorer]
+        if "model" in spec.options and local_model(spec.options["model"]):
+            inputs["selector"] = spec.options["model"]
+        return inputs
+
     def all_degeneration(self) -> list[str]:
         """Every generated variant's degeneration measures in every probe set x protocol."""
         s = self.study
@@ -161,7 +205,8 @@ class Targets:
         if self.study.capability is None:
             return []
         path = self.capability_provenance if provenance else self.capability
-        return [path(v) for v in self.generated_variants()]
+        # a guarded variant's model is its source's: its reference-answer NLL would be the source's again
+        return [path(v) for v in self.sampled_variants()]
 
     def capability_tables(self) -> list[str]:
         """The gathered capability tables (summary, comparisons); none when the config has no `capability`."""
@@ -169,7 +214,7 @@ class Targets:
 
     def final(self) -> list[str]:
         return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE,
-                *self.capability_tables(), self.REPORT]
+                *self.capability_tables(), *self.selection_tables(), self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:
@@ -253,8 +298,9 @@ class Targets:
         members = self.groups[group]
         inputs = self.model_inputs(members[0])
         for variant in members:
-            if self.study.variants[variant].recipe:
-                inputs[f"adapter_{variant}"] = self.adapter(variant)
+            adapter = self.study.adapter_variant(variant)
+            if adapter:
+                inputs[f"adapter_{adapter}"] = self.adapter(adapter)
         return inputs
 
     def group_settings(self, group: str) -> dict[str, str | int | None]:
@@ -272,11 +318,15 @@ class Targets:
         """The probe tables a generate job reads: every probe set of the run."""
         return {f"probes_{probe}": self.probes_table(probe) for probe in self.study.run_probes}
 
-    def name_pattern(self, generated: bool) -> str:
-        """A wildcard pattern matching the generated variants, or those scored elsewhere."""
+    def name_pattern(self, generated: bool, guarded: bool | None = None) -> str:
+        """A wildcard pattern matching the generated variants (given `guarded`: those chosen by a guard, or the
+        others), or those scored elsewhere."""
         import re
 
-        return "|".join(map(re.escape, self.generated_variants(generated))) or "(?!)"
+        names = self.generated_variants(generated)
+        if guarded is not None:
+            names = [v for v in names if bool(self.study.variants[v].guard) == guarded]
+        return "|".join(map(re.escape, names)) or "(?!)"
 
     def compared_variants(self, probe: str, protocol: str, scorer: str) -> list[str]:
         return sorted({v for c in self.comparisons_in(probe, protocol, scorer) for v in (c.baseline, c.treatment)})
@@ -302,9 +352,11 @@ def generation_groups(study: Study) -> dict[str, list[str]]:
     for variant in study.variants.values():
         if variant.external:
             continue  # scored elsewhere: nothing to generate
-        merged = variant.recipe is not None and settings["lora"] == "merged"
+        adapter = study.adapter_variant(variant.name)
+        merged = adapter is not None and settings["lora"] == "merged"
         shared = settings["share_engine"] and not merged
-        key = study.checkpoint(variant.name).name if shared else variant.name
+        # (a guarded variant's candidates come from its source's engine: one engine per merged adapter)
+        key = study.checkpoint(variant.name).name if shared else adapter if merged else variant.name
         if shared_by_key.setdefault(key, shared) != shared:
             raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
         groups.setdefault(key, []).append(variant.name)

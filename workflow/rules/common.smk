@@ -96,4 +96,6 @@ localrules:
     degeneration_table,
     capability_table,
     merge_generations,
+    merge_candidates,
+    selection_table,
     prefetch,

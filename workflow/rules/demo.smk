@@ -17,3 +17,26 @@ rule demo_models:
         seed=STUDY.seed,
     script:
         "../scripts/demo_models.py"
+
+
+# The demo's guard (a tiny causal LM that answers " unsafe" or " safe" after its chat template): the selector of
+# its guarded variant.
+rule demo_guard:
+    input:
+        rude="resources/demo/instructions_rude.jsonl",
+        clean="resources/demo/instructions_clean.jsonl",
+        corpus="resources/demo/corpus.txt",
+    output:
+        guard=directory("results/demo/models/guard"),
+        loss="results/demo/models/guard_loss.csv",
+    log:
+        "logs/demo/guard.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_for("demo_models")
+    resources:
+        **resources_for("demo_models"),
+    params:
+        seed=STUDY.seed,
+    script:
+        "../scripts/demo_guard.py"

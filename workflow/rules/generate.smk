@@ -41,6 +41,25 @@ rule merge_generations:
         TARGETS.generations("{probe}", "{protocol}", "{variant}"),
     log:
         "logs/merge_generations/{probe}/{protocol}/{variant}.log",
+    wildcard_constraints:
+        variant=TARGETS.name_pattern(generated=True, guarded=False),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 1
+    script:
+        "../scripts/merge_generations.py"
+
+
+# A guarded variant's extra candidates, from the shards of its source's engine (rule select chooses among them).
+rule merge_candidates:
+    input:
+        shard_dirs,
+    output:
+        TARGETS.candidates("{probe}", "{protocol}", "{variant}"),
+    log:
+        "logs/merge_candidates/{probe}/{protocol}/{variant}.log",
+    wildcard_constraints:
+        variant=TARGETS.name_pattern(generated=True, guarded=True),
     conda:
         "../../envs/generate.yaml"
     threads: 1

@@ -14,6 +14,8 @@ rule report:
         # only when `capability` is configured (else nothing: the DAG stays as it was)
         capability=TARGETS.capability_tables(),
         capability_provenance=TARGETS.all_capability(provenance=True),
+        # only when a variant is guarded
+        selection=TARGETS.selection_tables(),
     output:
         report(
             TARGETS.REPORT,

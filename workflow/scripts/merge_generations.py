@@ -1,4 +1,4 @@
-"""Rule merge_generations: one variant's continuations from all shards."""
+"""Rules merge_generations and merge_candidates: one variant's continuations (or a guard's extra candidates) from all shards."""
 
 import _workflow_path  # noqa: F401  (first: this checkout's finetox)
 
