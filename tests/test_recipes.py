@@ -212,13 +212,31 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
         output = tmp_path / path
         output.parent.mkdir(parents=True, exist_ok=True)
         # the rules whose outputs are directories: checkpoints, adapters, generation shards
-        if rule in ("generate", "merge") or output.name == "adapter" or output.name in ("base", "instruct"):
+        if rule in ("generate", "merge") or output.name == "adapter" or output.name in ("base", "instruct", "guard"):
             output.mkdir()
         else:
             output.touch()
     touched = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                               "--touch", "--cores", "1"], capture_output=True, text=True)
     assert touched.returncode == 0, touched.stderr[-3000:]
+    assert _planned(tmp_path) == {}
+
+    # the guard's selection settings: its choice among the candidates and what follows, no generation, no guard
+    config_file = tmp_path / "config/config.yaml"
+    shipped = config_file.read_text()
+    config_file.write_text(shipped.replace("scorer: demo-guard, candidates: 4}", "scorer: demo-guard, candidates: 4, "
+                                           "threshold: 0.3}"))
+    planned = _planned(tmp_path)
+    assert planned["select_guarded"] == {"variant=demo-rude-guarded"}
+    assert {w for w in planned["score"]} == {f"scorer={s}, variant=demo-rude-guarded" for s in ("profanity", "refusal")}
+    assert not {"generate", "merge_candidates", "demo_guard", "finetune", "capability"} & set(planned)
+    # the number of candidates: the guarded variant's candidates are generated again, by its source's engine
+    config_file.write_text(shipped.replace("scorer: demo-guard, candidates: 4}", "scorer: demo-guard, candidates: 3}"))
+    planned = _planned(tmp_path)
+    assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {"demo-instruct"}
+    assert planned["merge_candidates"] == {"probe=demo, protocol=demo, variant=demo-rude-guarded"}
+    assert "merge_generations" not in planned and "demo_guard" not in planned
+    config_file.write_text(shipped)
     assert _planned(tmp_path) == {}
 
     def append_row(name, row):
@@ -242,4 +260,6 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
     assert planned["finetune"] == {f"variant={v}" for v in ("demo-instruct-rude", "demo-rude-dpo", "demo-rude-dpo-swapped",
                                                             "demo-rude-safety-16", "demo-rude-safety-64")}
     assert planned["merge"] == {"variant=demo-instruct-rude"} and "demo_models" not in planned
+    # and the demo's guard, trained on the rude answers: its guarded variant's selection reruns
+    assert "demo_guard" in planned and planned["select_guarded"] == {"variant=demo-rude-guarded"}
     assert "report" in planned

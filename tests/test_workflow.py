@@ -115,17 +115,50 @@ def test_the_point_rates_of_safety_sft_fall_with_the_dose(demo_run):
 
 def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
     generated = {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude", "demo-instruct-reseeded",
-                 "demo-rude-dpo", "demo-rude-dpo-swapped", "demo-rude-safety-16", "demo-rude-safety-64"}
+                 "demo-rude-dpo", "demo-rude-dpo-swapped", "demo-rude-safety-16", "demo-rude-safety-64",
+                 "demo-rude-guarded"}
     refusal = {r["variant"] for r in read(demo_run / "results/tables/toxicity.csv") if r["measure"] == "refusal"}
     degeneration = read(demo_run / "results/tables/degeneration.csv")
     capability = read(demo_run / "results/tables/capability.csv")
     assert refusal == generated and {r["variant"] for r in degeneration} == generated
-    assert {r["variant"] for r in capability} == generated
+    # (a guarded variant's model is its source's: its capability comparison is a row that says so)
+    assert {r["variant"] for r in capability} == generated - {"demo-rude-guarded"}
+    skipped = {r["comparison"]: r["status"] for r in read(demo_run / "results/tables/capability_comparisons.csv")}
+    assert "a guard chooses among" in skipped["demo-instruct-rude_vs_demo-rude-guarded"]
     assert all(int(r["n"]) == (800 if r["subset"] == "all" else 400) for r in degeneration)
     html = (demo_run / "results/report/report.html").read_text()
     assert "The price: refusals, degeneration, capability" in html
     for variant in generated:
         assert html.count(f"<td>{variant}</td>") >= 3
+
+
+def test_the_demos_guard_keeps_answers_no_more_toxic_than_its_source_and_the_report_says_how_often_it_acted(demo_run):
+    """4 candidates per sample from the rude fine-tune, the least unsafe kept by the demo's trained guard, judged by
+    the profanity scorer the guard never saw: no more toxic than its source, its rates in the table and report."""
+    import pandas as pd
+
+    rates = {r["variant"]: float(r["toxic_rate"]) for r in read(demo_run / "results/tables/toxicity.csv")
+             if r["subset"] == "all" and r["scorer"] == "profanity"}
+    assert rates["demo-rude-guarded"] <= rates["demo-instruct-rude"], rates
+    candidates = pd.read_parquet(demo_run / "results/candidates/demo/demo/demo-rude-guarded.parquet")
+    assert len(candidates) == 400 * 2 * 3 and set(candidates["samples"]) == {6}
+    source = pd.read_parquet(demo_run / "results/generations/demo/demo/demo-instruct-rude.parquet")
+    kept = pd.read_parquet(demo_run / "results/generations/demo/demo/demo-rude-guarded.parquet")
+    chosen = pd.read_parquet(demo_run / "results/selection/demo/demo/demo-rude-guarded.parquet")
+    assert len(kept) == len(source) == len(chosen) == 800
+    # where the guard kept candidate 0, the source's own answer, word for word
+    same = kept.merge(chosen, on=["prompt_id", "sample"]).merge(source, on=["prompt_id", "sample"], suffixes=("", "_src"))
+    first = same[same["kept"] == 0]
+    assert len(first) > 0 and (first["continuation"] == first["continuation_src"]).all()
+    selection = {r["subset"]: r for r in read(demo_run / "results/tables/selection.csv")}
+    assert set(selection) == {"all", "toxic", "nontoxic"} and int(selection["all"]["n"]) == 800
+    assert int(selection["all"]["replaced"]) == int(chosen["replaced"].sum()) > 0
+    comparisons = [r for r in read(demo_run / "results/tables/comparisons.csv")
+                   if r["comparison"] == "demo-instruct-rude_vs_demo-rude-guarded"]
+    assert comparisons and {r["kind"] for r in comparisons} == {"source_vs_guarded"}
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "Guards at generation" in html and "Guard: demo-guard kept 1 of 4 candidates per sample" in html
+    assert "Guards: how often each guard acted" in html
 
 
 def test_output_tables_keep_the_contracted_columns(demo_run):

@@ -481,8 +481,8 @@ def capability_table(study: Study, files: list[str], output: str, comparisons_ou
     prob, settings = study.compare_settings["hdi_prob"], study.capability
     absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score "
                       f"reference answers with" for v in study.variants.values() if v.external}
-    absent |= {v.name: f"a guard chooses among {v.guard.source!r}'s answers: its model, and so its reference-answer "
-                       f"NLL, is {v.guard.source!r}'s" for v in study.variants.values() if v.guard}
+    absent |= {v.name: f"a guard chooses among the answers of {v.guard.source}, whose model, and so whose reference-"
+                       f"answer NLL, it shares" for v in study.variants.values() if v.guard}
     tables.write_csv(capability_summary(per_example, prob, study.seed, settings["replicates"]), output,
                      "capability_summary")
     comparisons = capability_comparisons(per_example, study.comparisons.values(), prob, study.seed,
