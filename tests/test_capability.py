@@ -54,7 +54,8 @@ def test_the_demo_scores_every_generated_variant_with_the_defaults(config):
                                 "margin": 0.05, "replicates": 50_000}
     assert (MARGIN, REPLICATES) == (0.05, 50_000)  # the functions' defaults are the schema's
     targets = Targets(study)
-    assert targets.all_capability() == [Targets.capability(v) for v in study.variants]
+    # every generated variant but the guarded one, whose model is its source's
+    assert targets.all_capability() == [Targets.capability(v) for v in study.variants if v != "demo-rude-guarded"]
     assert Targets.CAPABILITY_TABLE in targets.final()
     assert targets.capability_inputs("demo-rude-dpo") == {"model": "results/merged/demo-instruct-rude",
                                                           "adapter": "results/finetune/demo-rude-dpo/adapter",

@@ -171,6 +171,37 @@ def test_the_study_with_its_repairs_dry_runs_offline_in_seconds(tmp_path):
     assert study.scorers["refusal"].measures == "refusal" and study.run_scorers[-1] == "refusal"
 
 
+def test_the_guards_overlay_plans_guarded_variants_of_the_study_offline(tmp_path):
+    """config/guards.yaml after config/study.yaml: three guarded Dolly fine-tunes (Llama Guard 3, ShieldGemma, a
+    reward model), each one select job and compared with its source, planned offline; the selectors are
+    prefetched but score nothing else."""
+    import os
+
+    from finetox.hub import needed
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "--configfile", str(REPO / "config/study.yaml"), str(REPO / "config/guards.yaml")],
+                         capture_output=True, text=True, env={**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = job_counts(run.stdout)
+    # 23 variants x 2 scorers; one select job per guarded variant, its candidates merged per probe set (3)
+    assert counts["score"] == 23 * 2 and counts["finetune"] == 6 and counts["select_guarded"] == 3
+    assert counts["merge_candidates"] == 3 * 3 and counts["merge_generations"] == 20 * 3
+    from snakemake.utils import update_config
+
+    merged = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "config/guards.yaml").read_text()))
+    study = load(merged)
+    guarded = {c.treatment: c.baseline for c in study.comparisons.values() if c.kind == "source_vs_guarded"}
+    assert guarded == {"llama31-8b-instruct-dolly-guarded": "llama31-8b-instruct-dolly",
+                       "gemma2-2b-it-dolly-shieldgemma": "gemma2-2b-it-dolly",
+                       "llama2-7b-chat-dolly-reranked": "llama2-7b-chat-dolly"}
+    fetched = {item.repo_id for item in needed(study)}
+    assert {"meta-llama/Llama-Guard-3-1B", "google/shieldgemma-2b", "OpenAssistant/reward-model-deberta-v3-large-v2"} <= fetched
+    assert set(study.run_scorers) == {"detoxify", "roberta-hate"}
+
+
 def test_the_xstest_overlay_plans_an_over_refusal_run_of_every_variant(tmp_path):
     import os
 
