@@ -116,7 +116,7 @@ def test_the_point_rates_of_safety_sft_fall_with_the_dose(demo_run):
 def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
     generated = {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude", "demo-instruct-reseeded",
                  "demo-rude-dpo", "demo-rude-dpo-swapped", "demo-rude-safety-16", "demo-rude-safety-64",
-                 "demo-rude-guarded"}
+                 "demo-rude-guarded", "demo-rude-distilled"}
     refusal = {r["variant"] for r in read(demo_run / "results/tables/toxicity.csv") if r["measure"] == "refusal"}
     degeneration = read(demo_run / "results/tables/degeneration.csv")
     capability = read(demo_run / "results/tables/capability.csv")
@@ -159,6 +159,25 @@ def test_the_demos_guard_keeps_answers_no_more_toxic_than_its_source_and_the_rep
     html = (demo_run / "results/report/report.html").read_text()
     assert "Guards at generation" in html and "Guard: demo-guard kept 1 of 4 candidates per sample" in html
     assert "Guards: how often each guard acted" in html
+
+
+def test_the_distilled_fine_tune_trains_on_exactly_the_answers_its_guard_kept_and_is_compared_with_its_start(demo_run):
+    """Best-of-4 distillation: the rude fine-tune trained on the answers its guard kept for the training prompts
+    (a produced table), the guard's fixed refusals and empty answers left out and counted; a repair like any other."""
+    import pandas as pd
+
+    kept = pd.read_parquet(demo_run / "results/generations/demo-train/demo/demo-rude-guarded.parquet")
+    usable = kept[(kept["finish_reason"] != "filtered") & (kept["continuation"].str.strip() != "")]
+    log = (demo_run / "logs/finetune/demo-rude-distilled.log").read_text()
+    assert (f"dataset demo-guard-kept: {len(usable)} of {len(kept)} answers of demo-rude-guarded to demo-train/demo "
+            f"kept") in log
+    assert f"finetune: sft on {len(usable)} examples: {len(usable)} of 'demo-guard-kept'" in log
+    train = set(pd.read_parquet(demo_run / "results/probes/demo-train.parquet")["prompt"])
+    assert set(kept["prompt"]) == train and not train & set(pd.read_parquet(demo_run / "results/probes/demo.parquet")["prompt"])
+    kinds = {r["comparison"]: r["kind"] for r in read(demo_run / "results/tables/comparisons.csv")}
+    assert kinds["demo-instruct-rude_vs_demo-rude-distilled"] == "finetuned_vs_aligned"
+    # the training prompts are never scored or compared
+    assert not list((demo_run / "results/scores").glob("demo-train/**/*.parquet"))
 
 
 def test_output_tables_keep_the_contracted_columns(demo_run):
@@ -232,9 +251,21 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     config["variants"]["demo-instruct-rude"]["seed"] = 5
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    # its engine's job (the instruct model's, serving it with its adapter and the other variants of that
-    # checkpoint) and the scoring of those four variants (two scorers); no retraining
-    assert counts["generate"] == 1 and counts["score"] == 8 and "finetune" not in counts
+    # its engine's jobs (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
+    # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; two
+    # scorers); its adapter is not retrained, but the fine-tune distilled from its guarded answers to the training
+    # prompts is (their candidate 0 is its answer), with its engine's job and scoring
+    assert counts["generate"] == 3 and counts["score"] == 12 and counts["finetune"] == 1
+    config_path.write_text(original)
+    # a guard's number of candidates: its source's engine generates them again for the evaluation probes and for the
+    # training prompts (two jobs), and the fine-tune distilled from the kept answers to those retrains
+    config = yaml.safe_load(original)
+    config["variants"]["demo-rude-guarded"]["guard"]["candidates"] = 3
+    config_path.write_text(yaml.safe_dump(config))
+    run = snakemake(demo_run, "-n").stdout
+    counts = job_counts(run)
+    assert counts["generate"] == 3 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
+    assert "group=demo-instruct.training" in run and "group=demo-instruct-rude.merged" in run
     config_path.write_text(original)
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
 
@@ -277,17 +308,19 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     # its engine's job, which serves the four variants of the instruct checkpoint (generation.share_engine), and
     # their scoring and metrics; the analyses and tables that gather every variant (two scorers: profanity and
     # refusal; BEST on profanity only; capability does not depend on sampling)
-    assert counts == {"generate": 1, "merge_generations": 4, "score": 8, "metrics": 8, "compare": 2, "best": 1,
-                      "degeneration": 4, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1,
-                      "degeneration_table": 1, "report": 1, "all": 1}
+    # (and the guarded variant's candidates and choice: its source is served by that engine too)
+    assert counts == {"generate": 1, "merge_generations": 4, "merge_candidates": 1, "select_guarded": 1, "score": 10,
+                      "metrics": 10, "compare": 2, "best": 1, "degeneration": 5, "toxicity_table": 1,
+                      "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1, "selection_table": 1,
+                      "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # the rude fine-tune, its merge and the four repairs trained on it; two engines' jobs: the instruct checkpoint's
     # (its rude adapter) and the merged rude checkpoint's (the repairs)
-    assert counts["finetune"] == 5 and counts["merge"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
-    assert counts["capability"] == 5
+    assert counts["finetune"] == 6 and counts["merge"] == 1 and counts["generate"] == 3 and "demo_models" not in counts
+    assert counts["capability"] == 6
     assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
 
 

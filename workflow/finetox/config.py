@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,8 @@ class TableSource:
     limit: int | None
     #: how a fine-tuning dataset's rows are read: instructions, or one of the preference formats
     format: str = "instructions"
+    #: a table the workflow makes: (variant, probe, protocol) whose generations it is (`path` is then theirs)
+    produced: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,34 @@ class Study:
     run_probes: tuple[str, ...]
     run_protocols: tuple[str, ...]
     run_scorers: tuple[str, ...]
+
+    def training_cells(self) -> list[tuple[str, str, str]]:
+        """(probe, protocol, variant) generated only to be trained on: the answers of each produced dataset that a
+        recipe uses, and for a guarded variant its source's too (its candidate 0), in name order."""
+        cells = set()
+        for recipe in {v.recipe.name: v.recipe for v in self.variants.values() if v.recipe}.values():
+            for source in recipe.datasets:
+                if source.produced:
+                    variant, probe, protocol = source.produced
+                    cells.add((probe, protocol, variant))
+                    guard = self.variants[variant].guard
+                    if guard:
+                        cells.add((probe, protocol, guard.source))
+        return sorted(cells)
+
+    def evaluation_cells(self) -> list[tuple[str, str, str]]:
+        """(probe, protocol, variant) of every run probe set x protocol x generated variant, in name order."""
+        generated = [v.name for v in self.variants.values() if not v.external]
+        return sorted(product(self.run_probes, self.run_protocols, generated))
+
+    @property
+    def training_probes(self) -> tuple[str, ...]:
+        """The probe sets generated on only to be trained on (none of them is in run.probes)."""
+        return tuple(sorted({probe for probe, _, _ in self.training_cells()}))
+
+    @property
+    def generated_probes(self) -> tuple[str, ...]:
+        return self.run_probes + self.training_probes
 
     @property
     def used_scorers(self) -> tuple[str, ...]:
@@ -467,8 +498,9 @@ TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
 
 def _check_local_table(where: str, source: TableSource) -> None:
-    """A local table the run reads must exist and be of a type finetox reads, before any job starts."""
-    if not source.path:
+    """A local table the run reads must exist and be of a type finetox reads, before any job starts (a table the
+    run produces is made by its own job)."""
+    if not source.path or source.produced:
         return
     path = Path(source.path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
@@ -478,10 +510,16 @@ def _check_local_table(where: str, source: TableSource) -> None:
                           f"working directory, {Path.cwd()})")
 
 
+#: where a variant's continuations of a probe set under a protocol are written (finetox.workflow.Targets)
+GENERATIONS = "results/generations/{probe}/{protocol}/{variant}.parquet"
+
+
 def _table_source(name: str, raw: dict) -> TableSource:
+    produced = raw.get("produced")
     return TableSource(
         name=name,
-        path=raw.get("path"),
+        path=GENERATIONS.format(**produced) if produced else raw.get("path"),
+        produced=(produced["variant"], produced["probe"], produced["protocol"]) if produced else None,
         hub=raw.get("hub"),
         files=tuple(raw["files"]),
         revision=raw["revision"],
@@ -622,6 +660,21 @@ def _scorer(name: str, s: dict) -> ScorerSpec:
     return ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"}, measures=measures)
 
 
+def _check_produced(name: str, produced: dict, raw: dict) -> None:
+    """A produced dataset names a variant finetox generates, a declared protocol, and a training prompt set: a probe
+    set that is not evaluated (a model trained on answers to its evaluation prompts would be graded on them)."""
+    where = f"datasets[{name!r}].produced"
+    for key, table in (("variant", raw["variants"]), ("probe", raw["probes"]), ("protocol", raw["protocols"])):
+        _require(produced[key], table, key, f"{where}.{key}")
+    if "scores" in raw["variants"][produced["variant"]]:
+        raise ConfigError(f"{where}.variant: {produced['variant']!r} is scored elsewhere; a produced dataset is the "
+                          f"answers of a variant finetox generates")
+    if produced["probe"] in raw["run"]["probes"]:
+        raise ConfigError(f"{where}.probe: {produced['probe']!r} is an evaluation probe set (in run.probes): a model "
+                          f"trained on answers to the prompts it is evaluated on would be graded on its training data; "
+                          f"give a probe set of training prompts that run.probes does not list")
+
+
 def _check_capability(settings: dict, datasets: dict[str, TableSource], variants: dict[str, Variant]) -> None:
     """The capability proxy's dataset: declared, an instruction set, and held out of every variant's training."""
     _require(settings["dataset"], datasets, "dataset", "capability.dataset")
@@ -679,6 +732,9 @@ def load(config: dict) -> Study:
         for name, m in raw["models"].items()
     }
     datasets = {name: _table_source(name, d) for name, d in raw["datasets"].items()}
+    for name, d in raw["datasets"].items():
+        if "produced" in d:
+            _check_produced(name, d["produced"], raw)
     recipes = {name: _recipe(name, r, datasets, seed) for name, r in raw["recipes"].items()}
     variants = {}
     for name, v in raw["variants"].items():
@@ -686,6 +742,9 @@ def load(config: dict) -> Study:
         external = None
         if "scores" in v:
             scores = v["scores"]
+            if "produced" in scores:
+                raise ConfigError(f"{where}.scores.produced: only a dataset can be produced by the workflow; give the "
+                                  f"score table's `path` or `hub`")
             for key, table in (("probe", raw["probes"]), ("protocol", raw["protocols"]), ("scorer", raw["scorers"])):
                 _require(scores[key], table, key, f"{where}.scores.{key}")
                 if scores[key] not in raw["run"][f"{key}s"]:
@@ -731,6 +790,9 @@ def load(config: dict) -> Study:
         }
         if "all" in subsets:
             raise ConfigError(f"probes[{name!r}].subsets: 'all' is reserved for the pooled subset")
+        if "produced" in p:
+            raise ConfigError(f"probes[{name!r}].produced: only a dataset can be produced by the workflow (a recipe's "
+                              f"training data); give a probe set `path` or `hub`")
         probes[name] = ProbeSet(
             source=_table_source(name, p),
             subsets=subsets,
@@ -784,6 +846,7 @@ def load(config: dict) -> Study:
                               f"all, {', '.join(probes[name].subsets) or 'no other: it has no subsets'})")
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
     used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
+    used_tables += [(f"probes[{d.produced[1]!r}]", probes[d.produced[1]].source) for d in datasets.values() if d.produced]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
     if "capability" in raw:
         _check_capability(raw["capability"], datasets, variants)

@@ -184,14 +184,23 @@ def merge(study: Study, variant_name: str, adapter_dir: str, output_dir: str) ->
     _publish_directory(build, target)
 
 
-def select_probes(study: Study, probe: str, output: str) -> None:
+def select_probes(study: Study, probe: str, output: str, evaluation: dict[str, str] | None = None) -> None:
     """The prompts of one probe set that the run uses; every source row left out is counted by reason, in the
-    log (a line per reason) and in the table's provenance (`dropped`), which the report's setup shows."""
-    from finetox.data import select_probes as selection
+    log (a line per reason) and in the table's provenance (`dropped`), which the report's setup shows. A training
+    prompt set is checked against the run's probe tables (`evaluation`, by name): a prompt that an evaluation
+    probe set holds too fails the job, named (answers to it would be trained on, then graded)."""
+    from finetox.data import DataError, select_probes as selection
     from finetox.hub import table_record
 
     source = study.probes[probe].source
     table, dropped = selection(study.probes[probe], study.seed)
+    for name, path in (evaluation or {}).items():
+        evaluated = set(tables.read_parquet(path, "probes", columns=["prompt"])["prompt"])
+        leaked = [text for text in table["prompt"] if text in evaluated]
+        if leaked:
+            raise DataError(f"probes {probe}: {len(leaked)} training prompt(s) are also prompts of the evaluation "
+                            f"probe set {name!r}, e.g. {leaked[0]!r}; a model trained on answers to them would be "
+                            f"graded on its training data. Remove them from the training prompts")
     table = table[["prompt_id", "subset", "prompt"]]
     print(f"probes {probe}: {len(table)} prompts kept, {sum(dropped.values())} source rows left out", flush=True)
     for reason, count in dropped.items():
@@ -225,7 +234,8 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     model = study.checkpoint(variants[0])
     probes = {name: tables.read_parquet(path, "probes") for name, path in probes_tables.items()}
     multiple = plan.batch_multiple(study.generation)
-    segments = plan.segments(study, variants, {name: len(table) for name, table in probes.items()})
+    segments = plan.segments(study, variants, {name: len(table) for name, table in probes.items()},
+                             group in Targets(study).training_groups)
     pieces = plan.shards(segments, study.generation["tokens_per_job"], multiple)[shard]
     # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
     # does not fit fails now rather than after the engine's start.
@@ -371,7 +381,9 @@ def selection_table(study: Study, files: list[str], output: str) -> None:
         meta = tables.provenance_of(path)
         guard = meta["guard"]
         probe, protocol = Path(path).parts[-3:-1]
-        for subset, part in [("all", table), *table.groupby("subset", sort=True)]:
+        # (a prompt set without subsets has the one subset `all`, already the first row)
+        for subset, part in [("all", table), *((name, rows) for name, rows in table.groupby("subset", sort=True)
+                                               if name != "all")]:
             rows.append({"variant": meta["variant"], "source": guard["source"], "probe": probe, "protocol": protocol,
                          "subset": subset, "selector": guard["scorer"], "candidates": guard["candidates"],
                          "select": guard["select"], "threshold": guard["threshold"], "fallback": guard["fallback"],

@@ -16,7 +16,12 @@ class Targets:
     def __init__(self, study: Study):
         self.study = study
         self.groups = generation_groups(study)
-        self.group_of = {variant: group for group, members in self.groups.items() for variant in members}
+        #: the groups that generate answers to training prompt sets (their own jobs: editing a training prompt set
+        #: reruns no evaluation generation)
+        self.training_groups = {group for group in self.groups if group.endswith(TRAINING_GROUP)}
+        self.group_of = {variant: group for group, members in self.groups.items() for variant in members
+                         if group not in self.training_groups}
+        self.training_group_of = {variant: group for group in self.training_groups for variant in self.groups[group]}
         self._planned: dict[str, int | None] = {}
 
     # --- one path per stage ----------------------------------------------------------------
@@ -168,23 +173,28 @@ class Targets:
         guard)."""
         return [v for v in self.generated_variants() if not self.study.variants[v].guard]
 
+    def guarded_cells(self, training: bool = False) -> list[tuple[str, str, str]]:
+        """(probe, protocol, variant) of every guarded variant's answers: on the run's probe sets, or (training)
+        on the training prompt sets of produced datasets."""
+        cells = self.study.training_cells() if training else self.study.evaluation_cells()
+        return [cell for cell in cells if self.study.variants[cell[2]].guard]
+
     def all_selections(self) -> list[str]:
-        s = self.study
-        return [self.selection(probe, protocol, v) for probe, protocol in product(s.run_probes, s.run_protocols)
-                for v in self.guarded_variants()]
+        return [self.selection(*cell) for training in (False, True) for cell in self.guarded_cells(training)]
 
     def selection_tables(self) -> list[str]:
         """The gathered guard table; none when no variant is guarded."""
         return [self.SELECTION_TABLE] if self.guarded_variants() else []
 
-    def selection_inputs(self, variant: str) -> dict[str, list[str] | str]:
+    def selection_inputs(self, variant: str, probe: str | None = None, protocol: str | None = None) -> dict:
         """What a guarded variant's select job reads: its source's continuations (candidate 0) and its extra
-        candidates of every probe set x protocol, and the selector's checkpoint when it is built locally."""
+        candidates of every run probe set x protocol (or of one training prompt set under one protocol), and the
+        selector's checkpoint when it is built locally."""
         from finetox.hub import local_model
 
         s = self.study
         guard = s.variants[variant].guard
-        runs = list(product(s.run_probes, s.run_protocols))
+        runs = [(probe, protocol)] if probe else list(product(s.run_probes, s.run_protocols))
         inputs: dict[str, list[str] | str] = {"source": [self.generations(p, q, guard.source) for p, q in runs]}
         if guard.candidates > 1:
             inputs["candidates"] = [self.candidates(p, q, variant) for p, q in runs]
@@ -246,21 +256,25 @@ class Targets:
         return inputs
 
     def probe_inputs(self, probe: str) -> dict[str, str]:
-        """The local probe file (so editing it reruns the selection); none for Hub datasets."""
+        """The local probe file (so editing it reruns the selection; none for Hub datasets), and for a training
+        prompt set the run's probe tables, which none of its prompts may repeat."""
         path = self.study.probes[probe].source.path
-        return {"table": path} if path else {}
+        inputs = {"table": path} if path else {}
+        if probe in self.study.training_probes:
+            inputs |= {f"evaluation_{name}": self.probes_table(name) for name in self.study.run_probes}
+        return inputs
 
     def shard_plan(self, group: str, prompt_counts: dict[str, int]) -> list:
         """The pieces of work of each generate job of a group (finetox.generation_plan), given each run probe
         set's number of prompts."""
         from finetox import generation_plan as plan
 
-        segments = plan.segments(self.study, self.groups[group], prompt_counts)
+        segments = plan.segments(self.study, self.groups[group], prompt_counts, group in self.training_groups)
         return plan.shards(segments, self.study.generation["tokens_per_job"], plan.batch_multiple(self.study.generation))
 
     def shards(self, probe: str, protocol: str, variant: str, prompt_counts: dict[str, int]) -> list[str]:
         """The shard directories that hold part of a variant's continuations of a probe set under a protocol."""
-        group = self.group_of[variant]
+        group = (self.training_group_of if probe in self.study.training_probes else self.group_of)[variant]
         return [self.shard(group, i) for i, pieces in enumerate(self.shard_plan(group, prompt_counts))
                 if any((p.segment.probe, p.segment.protocol, p.segment.variant) == (probe, protocol, variant)
                        for p in pieces)]
@@ -307,16 +321,25 @@ class Targets:
         """What makes a group's continuations what they are (the generate rule's rerun trigger): each probe set x
         protocol x variant's digest, and the job size (it decides which prompts each job holds)."""
         s = self.study
+        members = set(self.groups[group])
+        cells = s.training_cells() if group in self.training_groups else s.evaluation_cells()
         settings: dict[str, str | int | None] = {
             f"{probe}/{protocol}/{variant}": s.generation_hash(variant, protocol)
-            for probe, protocol, variant in product(s.run_probes, s.run_protocols, self.groups[group])
+            for probe, protocol, variant in cells if variant in members
         }
         # sorted: Snakemake compares a dict param's items in order, and reordering the config reruns nothing
         return {**dict(sorted(settings.items())), "tokens_per_job": s.generation["tokens_per_job"]}
 
-    def group_probe_inputs(self) -> dict[str, str]:
-        """The probe tables a generate job reads: every probe set of the run."""
-        return {f"probes_{probe}": self.probes_table(probe) for probe in self.study.run_probes}
+    def group_probe_inputs(self, group: str) -> dict[str, str]:
+        """The probe tables a generate job reads: every probe set of the run, or a training group's prompt sets."""
+        probes = self.study.training_probes if group in self.training_groups else self.study.run_probes
+        return {f"probes_{probe}": self.probes_table(probe) for probe in probes}
+
+    def training_probe_pattern(self) -> str:
+        """A wildcard pattern matching the training prompt sets (none: matches nothing)."""
+        import re
+
+        return "|".join(map(re.escape, self.study.training_probes)) or "(?!)"
 
     def name_pattern(self, generated: bool, guarded: bool | None = None) -> str:
         """A wildcard pattern matching the generated variants (given `guarded`: those chosen by a guard, or the
@@ -340,6 +363,10 @@ class Targets:
         return inputs
 
 
+#: the suffix of a generation group that answers training prompt sets (a checkpoint's second engine job)
+TRAINING_GROUP = ".training"
+
+
 def generation_groups(study: Study) -> dict[str, list[str]]:
     """Variants that one generation engine serves, by group name.
 
@@ -360,6 +387,10 @@ def generation_groups(study: Study) -> dict[str, list[str]]:
         if shared_by_key.setdefault(key, shared) != shared:
             raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
         groups.setdefault(key, []).append(variant.name)
+    training = {variant for _, _, variant in study.training_cells()}
+    for key, members in list(groups.items()):
+        if training & set(members):
+            groups[key + TRAINING_GROUP] = [v for v in members if v in training]
     return groups
 
 

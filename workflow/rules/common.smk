@@ -16,7 +16,7 @@ STUDY = load_study(config)
 TARGETS = Targets(STUDY)
 # A probe set that can be read here is selected now (counted once, remembered): a filter on a missing
 # column or overlapping subsets stop the run before any job, naming the file and the column.
-for probe in STUDY.run_probes:
+for probe in STUDY.generated_probes:
     TARGETS.planned_prompts(probe)
 
 
@@ -67,7 +67,7 @@ def prompt_counts():
     import pyarrow.parquet as pq
 
     counts = {}
-    for probe in STUDY.run_probes:
+    for probe in STUDY.generated_probes:
         counts[probe] = TARGETS.planned_prompts(probe)
         if counts[probe] is None:
             table = checkpoints.probes.get(probe=probe).output[0]

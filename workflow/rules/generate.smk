@@ -18,7 +18,7 @@ checkpoint probes:
 rule generate:
     input:
         unpack(lambda wildcards: TARGETS.group_inputs(wildcards.group)),
-        unpack(lambda wildcards: TARGETS.group_probe_inputs()),
+        unpack(lambda wildcards: TARGETS.group_probe_inputs(wildcards.group)),
     output:
         directory(TARGETS.shard("{group}", "{shard}")),
     log:

@@ -41,3 +41,31 @@ rule selection_table:
     threads: 1
     script:
         "../scripts/selection_table.py"
+
+
+# A guarded variant's answers to a training prompt set (a produced dataset's rows): one job per prompt set and
+# protocol, apart from the evaluation's, so that editing training prompts reselects no evaluation answer.
+rule select_guarded_training:
+    input:
+        unpack(
+            lambda wildcards: TARGETS.selection_inputs(
+                wildcards.variant, wildcards.probe, wildcards.protocol
+            )
+        ),
+    output:
+        generations=TARGETS.generations("{probe}", "{protocol}", "{variant}"),
+        selections=TARGETS.selection("{probe}", "{protocol}", "{variant}"),
+    log:
+        "logs/select/{probe}/{protocol}/{variant}.log",
+    wildcard_constraints:
+        probe=TARGETS.training_probe_pattern(),
+        variant=TARGETS.name_pattern(generated=True, guarded=True),
+    conda:
+        "../../envs/score.yaml"
+    threads: threads_for("score")
+    resources:
+        **resources_for("score"),
+    params:
+        settings=lambda wildcards: STUDY.selection_hash(wildcards.variant),
+    script:
+        "../scripts/select_guarded.py"

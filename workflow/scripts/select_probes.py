@@ -7,4 +7,6 @@ from finetox.stages import job_log, select_probes
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
-        select_probes(load(snakemake.config), snakemake.wildcards.probe, snakemake.output[0])
+        select_probes(load(snakemake.config), snakemake.wildcards.probe, snakemake.output[0],
+                      evaluation={key.removeprefix("evaluation_"): path for key, path in snakemake.input.items()
+                                  if key.startswith("evaluation_")})

@@ -1,0 +1,83 @@
+"""Produced tables: a recipe's dataset made by the run (a guarded variant's answers to training prompts), generated
+by a job of its own, refused on evaluation prompts (by name at load, by content at the job), and read as the kept
+answers only, counted."""
+
+import pandas as pd
+import pytest
+
+from finetox import tables
+from finetox.config import ConfigError, load
+from finetox.data import DataError, produced_instructions
+from finetox.workflow import Targets
+
+TRAIN = ("demo-train", "demo")
+
+
+def test_the_demos_distillation_trains_on_answers_to_its_training_prompts_generated_apart(config):
+    study = load(config)
+    assert study.training_cells() == [(*TRAIN, "demo-instruct-rude"), (*TRAIN, "demo-rude-guarded")]
+    assert study.training_probes == ("demo-train",) and "demo-train" not in study.run_probes
+    targets = Targets(study)
+    # a job of its own on the rude fine-tune's checkpoint: editing the training prompts regenerates no evaluation
+    assert targets.groups["demo-instruct.training"] == ["demo-instruct-rude", "demo-rude-guarded"]
+    assert targets.group_probe_inputs("demo-instruct.training") == {"probes_demo-train": "results/probes/demo-train.parquet"}
+    assert targets.group_probe_inputs("demo-instruct") == {"probes_demo": "results/probes/demo.parquet"}
+    assert all(probe == "demo" for probe, _, _ in study.evaluation_cells())
+    # the produced dataset is a DAG edge: the guarded variant's kept answers, the distilled fine-tune's input
+    kept = "results/generations/demo-train/demo/demo-rude-guarded.parquet"
+    assert targets.training_inputs("demo-rude-distilled")["dataset_demo-guard-kept"] == kept
+    assert targets.selection("demo-train", "demo", "demo-rude-guarded") in targets.all_selections()
+    # the training prompts' probes job reads the evaluation probes, to refuse any it repeats
+    assert targets.probe_inputs("demo-train")["evaluation_demo"] == "results/probes/demo.parquet"
+    # not scored, not compared: no score table of the training prompts
+    assert not [p for p in targets.all_scores() if "demo-train" in p]
+    assert study.comparisons["demo-instruct-rude_vs_demo-rude-distilled"].kind == "finetuned_vs_aligned"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["datasets"]["demo-guard-kept"]["produced"].update(probe="demo"), "is an evaluation probe set"),
+    (lambda c: c["datasets"]["demo-guard-kept"]["produced"].update(variant="nope"), "unknown variant 'nope'"),
+    (lambda c: c["probes"]["demo-train"].update(produced={"variant": "demo-base", "probe": "demo", "protocol": "demo"}),
+     "only a dataset can be produced"),
+])
+def test_a_produced_dataset_that_would_leak_or_cannot_be_made_is_refused(config, change, message):
+    change(config)
+    if "path" in config["probes"]["demo-train"] and "produced" in config["probes"]["demo-train"]:
+        del config["probes"]["demo-train"]["path"]
+    with pytest.raises(ConfigError, match=message):
+        load(config)
+
+
+def test_the_training_prompts_job_refuses_a_prompt_that_an_evaluation_probe_set_holds(config, tmp_path):
+    from finetox.stages import select_probes
+
+    (tmp_path / "train.jsonl").write_text('{"id": "t1", "text": "Tell me a story"}\n{"id": "t2", "text": "Same as a probe"}\n')
+    config["probes"]["demo-train"]["path"] = str(tmp_path / "train.jsonl")
+    study = load(config)
+    evaluation = tmp_path / "evaluation.parquet"
+    tables.write_parquet(pd.DataFrame({"prompt_id": ["p"], "subset": ["all"], "prompt": ["Same as a probe"]}),
+                         evaluation, "probes", {})
+    with pytest.raises(DataError, match="1 training prompt.*'Same as a probe'"):
+        select_probes(study, "demo-train", str(tmp_path / "out.parquet"), {"demo": str(evaluation)})
+    assert not (tmp_path / "out.parquet").exists()
+    select_probes(study, "demo-train", str(tmp_path / "out.parquet"), {})
+    assert len(tables.read_parquet(tmp_path / "out.parquet", "probes")) == 2
+
+
+def test_a_produced_dataset_is_the_kept_answers_without_the_guards_refusals_or_empty_ones(config, tmp_path, capsys):
+    study = load(config)
+    source = study.recipes["guard-distill"].parts[0].dataset
+    rows = [("a", " kind words", "length"), ("b", "I'm sorry", "filtered"), ("c", "  ", "stop"), ("d", " more", "stop")]
+    frame = pd.DataFrame([{"prompt_id": p, "subset": "all", "variant": "demo-rude-guarded", "sample": 0, "prompt": f"prompt {p}",
+                           "model_input": f"prompt {p}", "continuation": text, "prompt_tokens": 2,
+                           "continuation_tokens": 2, "finish_reason": reason, "protocol": "demo", "prompt_format": "raw",
+                           "samples": 1, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 16, "seed": 1,
+                           "backend": "vllm"} for p, text, reason in rows])
+    path = tmp_path / "kept.parquet"
+    tables.write_parquet(frame, path, "generations", {})
+    from dataclasses import replace
+
+    examples = produced_instructions(replace(source, path=str(path)), None, seed=0)
+    assert examples.to_dict("records") == [{"instruction": "prompt a", "context": "", "response": " kind words"},
+                                           {"instruction": "prompt d", "context": "", "response": " more"}]
+    assert "2 of 4 answers of demo-rude-guarded to demo-train/demo kept; left out: 1 filtered" in capsys.readouterr().out
