@@ -11,7 +11,7 @@ from finetox.config import ConfigError, load
 from conftest import REPO, job_counts
 
 
-REPAIRS = ("demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64")
+REPAIRS = ("demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64", "demo-rude-distilled")
 
 
 def test_demo_config_derives_the_study_comparisons(config):
@@ -23,6 +23,7 @@ def test_demo_config_derives_the_study_comparisons(config):
         "demo-instruct_vs_demo-instruct-rude": "instruct_vs_finetuned",
         **{f"demo-instruct_vs_{repair}": "instruct_vs_aligned" for repair in REPAIRS},
         **{f"demo-instruct-rude_vs_{repair}": "finetuned_vs_aligned" for repair in REPAIRS},
+        "demo-instruct-rude_vs_demo-rude-guarded": "source_vs_guarded",
         "seed-control": "pair",
         "signal-control": "pair",
         "swapped-dpo": "pair",
@@ -37,7 +38,9 @@ def test_community_variants_are_compared_with_their_family_instruct(config):
     config["variants"]["demo-community"] = {"family": "demo", "role": "community", "model": "demo-base"}
     config["comparisons"]["kinds"] = ["instruct_vs_community"]
     study = load(config)
-    assert {c.name for c in study.comparisons.values() if c.kind != "pair"} == {"demo-instruct_vs_demo-community"}
+    # (a guarded variant is compared with its source whatever `kinds` lists)
+    assert {c.name for c in study.comparisons.values() if c.kind not in ("pair", "source_vs_guarded")} == {
+        "demo-instruct_vs_demo-community"}
 
 
 @pytest.mark.parametrize(
@@ -175,8 +178,9 @@ def test_table_file_types_agree_with_the_readers():
 def test_a_local_probe_set_is_checked_before_any_job(config, tmp_path, subsets, message):
     """The dry run reads a local probe file (as it does to list the generation jobs): its mistakes stop it."""
     config["probes"]["demo"]["subsets"] = subsets
-    for table in [config["probes"]["demo"], *config["datasets"].values()]:
-        table["path"] = str(REPO / table["path"])
+    for table in [*config["probes"].values(), *config["datasets"].values()]:
+        if "path" in table:  # (not the dataset the run produces)
+            table["path"] = str(REPO / table["path"])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-d", str(tmp_path)],

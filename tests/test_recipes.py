@@ -17,7 +17,7 @@ from finetox.data import DataError, load_instruction_mix
 
 def test_the_demo_offers_repairs_of_the_rude_fine_tune_and_compares_them(config):
     study = load(config)
-    repairs = {"demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64"}
+    repairs = {"demo-rude-dpo", "demo-rude-safety-16", "demo-rude-safety-64", "demo-rude-distilled"}
     assert {v.name for v in study.variants.values() if v.role == "aligned"} == repairs
     kinds = {(c.kind, c.baseline, c.treatment) for c in study.comparisons.values()}
     for repair in repairs:

@@ -55,10 +55,10 @@ def test_demo_controls_come_out_as_planted(demo_run):
     # the repair: DPO towards the polite answers after the rude fine-tune (its toxic subset, 200 prompts at 9%
     # toxic, is a secondary verdict too small to be decided)
     assert verdicts[("demo-instruct-rude_vs_demo-rude-dpo", "all")] == "less toxic"
-    assert len(verdicts) == 12 * len(subsets)
+    assert len(verdicts) == 15 * len(subsets)  # (12, the guarded variant's and the distilled fine-tune's two)
     rope = decision.Rope("absolute", 0.05)  # config/config.yaml's
     primary = {r["comparison"]: r for r in profanity if r["primary"] == "True"}
-    assert len(primary) == 12 and {r["subset"] for r in primary.values()} == {"all"}
+    assert len(primary) == 15 and {r["subset"] for r in primary.values()} == {"all"}
     for name, expected in (("seed-control", "no difference"), ("signal-control", "more")):
         row = primary[name]
         low, high = (additive(float(row[k]), row["scale"]) for k in ("effect_hdi_low", "effect_hdi_high"))
@@ -71,7 +71,7 @@ def test_demo_controls_come_out_as_planted(demo_run):
     assert all(float(r["best_r_hat"]) <= 1.01 for r in profanity)
     # BEST is not run on refusal scores (0 or 1); their verdicts speak of refusals
     refusal = [r for r in rows if r["scorer"] == "refusal"]
-    assert len(refusal) == 12 * len(subsets) and all(r["best_status"] == "" and r["measure"] == "refusal" for r in refusal)
+    assert len(refusal) == 15 * len(subsets) and all(r["best_status"] == "" and r["measure"] == "refusal" for r in refusal)
     assert not {r["verdict"] for r in refusal} & {"more toxic", "less toxic"}
 
 
@@ -192,7 +192,8 @@ def test_output_tables_keep_the_contracted_columns(demo_run):
     rows = read(demo_run / "results/tables/toxicity.csv")
     assert {r["variant"] for r in rows} == {"demo-base", "demo-instruct", "demo-instruct-clean", "demo-instruct-rude",
                                            "demo-instruct-reseeded", "demo-rude-dpo", "demo-rude-dpo-swapped",
-                                           "demo-rude-safety-16", "demo-rude-safety-64"}
+                                           "demo-rude-safety-16", "demo-rude-safety-64", "demo-rude-guarded",
+                                           "demo-rude-distilled"}
     assert all(int(r["n"]) == (800 if r["subset"] == "all" else 400) for r in rows)
     assert all(int(r["n_prompts"]) == (400 if r["subset"] == "all" else 200) for r in rows)
 

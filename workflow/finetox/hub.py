@@ -224,7 +224,7 @@ def needed(study: Study) -> list[HubItem]:
             if d.hub:
                 add(HubItem(d.hub, "dataset", d.revision, d.files, f"recipe {variant.recipe.name}",
                             pin_at=(f"datasets.{d.name}",)))
-    for name in study.run_probes:
+    for name in study.generated_probes:  # (training prompt sets too)
         source = study.probes[name].source
         if source.hub:
             add(HubItem(source.hub, "dataset", source.revision, source.files, f"probe set {name}",
