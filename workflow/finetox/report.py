@@ -307,7 +307,9 @@ def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) ->
     guard = study.variants[variant].guard
     if not guard or selection is None:
         return None
-    rows = selection[(selection["variant"] == variant) & (selection["subset"] == "all")]
+    # (its answers to training prompts, a produced dataset's rows, are in the table, not in the verdict's finding)
+    rows = selection[(selection["variant"] == variant) & (selection["subset"] == "all")
+                     & selection["probe"].isin(study.run_probes)]
     rule = ("lowest harm" if guard.select == "lowest" else f"the first with harm below {guard.threshold:g}")
     fallback = "the fixed refusal" if guard.fallback == "refusal" else "its least harmful candidate"
     acted = "; ".join(f"{r.probe}/{r.protocol}: replaced {r.replaced_rate:.1%} of {guard.source}'s answers, filtered "
