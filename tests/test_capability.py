@@ -13,7 +13,7 @@ from finetox.decision import STUDY_RULE
 from finetox.helpfulness import (BETTER, COMPUTED, EQUIVALENT, MARGIN, REPLICATES, SAME, UNDECIDED, WORSE,
                                  capability_comparisons, capability_rule, capability_summary, reference_nll)
 from finetox.report import capability_finding
-from finetox.workflow import Targets
+from finetox.paths import Targets
 from test_helpfulness import LITERAL, model_and_tokenizer  # noqa: F401  (a fixture: the tiny Llama)
 
 

@@ -130,7 +130,7 @@ def test_the_best_stage_reports_fit_errors_and_fails_on_the_others(config, tmp_p
     import finetox.best
     from finetox import stages
     from finetox.config import load
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     study = load(config)
     variants = Targets(study).compared_variants("demo", "demo", "profanity")

@@ -245,7 +245,7 @@ def test_tables_on_two_probe_sets_under_two_protocols_leave_empty_cells_that_the
     """x answers a/p1 and y b/p2: a/p2 and b/p1 are answered by no variant, which is legitimate (each probe set
     and protocol is answered somewhere); the report's continuations skip those cells instead of crashing."""
     from finetox import stages
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     study = load(scored_elsewhere(tmp_path, {"x": ("a", "p1"), "y": ("b", "p2")}))
     targets = Targets(study)

@@ -9,7 +9,7 @@ import pytest
 from finetox import generation_plan as plan
 from finetox.config import ConfigError, load
 from finetox.levers import guard as lever
-from finetox.workflow import Targets, generation_groups
+from finetox.paths import Targets, generation_groups
 
 GUARDED = {"family": "demo", "role": "guarded", "guard": {"source": "demo-instruct-rude", "scorer": "demo-guard"}}
 

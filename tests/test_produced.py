@@ -8,7 +8,7 @@ import pytest
 from finetox import tables
 from finetox.config import ConfigError, load
 from finetox.data import DataError, produced_instructions
-from finetox.workflow import Targets
+from finetox.paths import Targets
 
 TRAIN = ("demo-train", "demo")
 

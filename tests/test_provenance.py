@@ -330,7 +330,7 @@ def test_outputs_carry_every_upstream_stage_and_the_report_shows_them(cache, tin
     scores, and the report: each output's metadata has the records of the stages it depends on."""
     from finetox import stages, tables
     from finetox.config import load
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     put_in_hub_cache(cache, "finetox-test/tiny-instruct", "model",
                      {f.name: f for f in tiny_models["instruct"].iterdir() if f.is_file()})

@@ -159,7 +159,7 @@ def test_past_the_embedding_limit_the_report_links_to_the_score_tables(many_vari
 
     from finetox.config import load
     from finetox.stages import report_instances
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     monkeypatch.chdir(many_variants)
     study = load(yaml.safe_load((many_variants / "config.yaml").read_text()))

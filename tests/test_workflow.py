@@ -83,7 +83,7 @@ def test_the_demo_verdicts_are_the_same_under_five_seeds(demo_run, monkeypatch, 
 
     from finetox.config import load
     from finetox.stages import compare
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     monkeypatch.chdir(demo_run)
     config = yaml.safe_load((demo_run / "config/config.yaml").read_text())

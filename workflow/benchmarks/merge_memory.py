@@ -27,7 +27,7 @@ def write_parts(root: Path, rows: int, jobs: int, samples: int = 25) -> list[str
     import pandas as pd
 
     from finetox import tables
-    from finetox.workflow import Targets
+    from finetox.paths import Targets
 
     rng = np.random.default_rng(0)
     words = np.array("the harbour market museum garden old library chess club weather stupid idiot and so on".split())

@@ -510,7 +510,7 @@ def _check_local_table(where: str, source: TableSource) -> None:
                           f"working directory, {Path.cwd()})")
 
 
-#: where a variant's continuations of a probe set under a protocol are written (finetox.workflow.Targets)
+#: where a variant's continuations of a probe set under a protocol are written (finetox.paths.Targets)
 GENERATIONS = "results/generations/{probe}/{protocol}/{variant}.parquet"
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from finetox import tables
 from finetox.config import PREFERENCE_FORMATS, Study, config_hash
-from finetox.workflow import Targets
+from finetox.paths import Targets
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from finetox.config import load as load_study, read_config_file
 from finetox.hub import preflight
-from finetox.workflow import Targets
+from finetox.paths import Targets
 
 # Validates the config (schema and cross-references) before any job is planned; Snakemake's YAML reader
 # keeps the last of two equal keys, so its files are read again, strictly.

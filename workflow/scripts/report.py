@@ -4,7 +4,7 @@ import _workflow_path  # noqa: F401  (first: this checkout's finetox)
 
 from finetox.config import load
 from finetox.stages import job_log, report
-from finetox.workflow import Targets
+from finetox.paths import Targets
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):

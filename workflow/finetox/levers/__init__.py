@@ -3,7 +3,7 @@ variants of one role, the comparison kind that asks what the lever did, and its 
 
 A lever module declares `ROLE` (the variant role its config block makes), `COMPARISON_KIND` and `comparisons`
 (the derived comparisons of its variants), `settings` (its config block as a dataclass) and `check` (its
-cross-references); config.load, the DAG (finetox.workflow) and the findings read them from `LEVERS`.
+cross-references); config.load, the DAG (finetox.paths) and the findings read them from `LEVERS`.
 """
 
 from finetox.levers import guard

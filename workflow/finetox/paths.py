@@ -1,4 +1,4 @@
-"""File layout of a run: where each stage writes, and which files a job needs (the DAG follows from these)."""
+"""Output paths of a run: where each stage writes, and which files a job needs (the DAG follows from these)."""
 
 from __future__ import annotations
 
