@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import product
 from pathlib import Path
 
-from finetox.config import MERGED_CHECKPOINT, ConfigError, Study
+from finetox.config import GENERATIONS, MERGED_CHECKPOINT, ConfigError, Study
 
 RESULTS = "results"
 
@@ -53,7 +53,7 @@ class Targets:
 
     @staticmethod
     def generations(probe: str, protocol: str, variant: str) -> str:
-        return f"{RESULTS}/generations/{probe}/{protocol}/{variant}.parquet"
+        return GENERATIONS.format(probe=probe, protocol=protocol, variant=variant)
 
     @staticmethod
     def candidates(probe: str, protocol: str, variant: str) -> str:
