@@ -68,7 +68,8 @@ def train_demo_adapter(variant_name: str, instruct: Path, out: Path, epochs: int
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["models"]["demo-instruct"] = {"path": str(instruct)}
     for name, dataset in raw["datasets"].items():
-        dataset["path"] = str(REPO / dataset["path"])
+        if "path" in dataset:  # (not the dataset the run produces)
+            dataset["path"] = str(REPO / dataset["path"])
     raw["recipes"]["rude-lora"]["training"] = {**raw["recipes"]["rude-lora"]["training"], "epochs": epochs}
     study = load(raw)
     variant = study.variants[variant_name]

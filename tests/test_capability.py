@@ -19,7 +19,8 @@ from test_helpfulness import LITERAL, model_and_tokenizer  # noqa: F401  (a fixt
 
 def absolute_paths(config: dict) -> dict:
     for table in [*config["probes"].values(), *config["datasets"].values()]:
-        table["path"] = str(REPO / table["path"])
+        if "path" in table:  # (not the dataset the run produces)
+            table["path"] = str(REPO / table["path"])
     return config
 
 

@@ -295,7 +295,8 @@ def demo_study(config: dict, tiny_models, backend: str, **generation_settings):
     config["comparisons"]["pairs"] = [p for p in config["comparisons"]["pairs"] if p["name"] == "seed-control"]
     config["generation"].update(backend=backend, **generation_settings)
     for table in (*config["datasets"].values(), *config["probes"].values()):
-        table["path"] = str(REPO / table["path"])
+        if "path" in table:  # (not the dataset the run produces)
+            table["path"] = str(REPO / table["path"])
     return load(config)
 
 

@@ -150,7 +150,7 @@ def test_the_demos_guard_keeps_answers_no_more_toxic_than_its_source_and_the_rep
     same = kept.merge(chosen, on=["prompt_id", "sample"]).merge(source, on=["prompt_id", "sample"], suffixes=("", "_src"))
     first = same[same["kept"] == 0]
     assert len(first) > 0 and (first["continuation"] == first["continuation_src"]).all()
-    selection = {r["subset"]: r for r in read(demo_run / "results/tables/selection.csv")}
+    selection = {r["subset"]: r for r in read(demo_run / "results/tables/selection.csv") if r["probe"] == "demo"}
     assert set(selection) == {"all", "toxic", "nontoxic"} and int(selection["all"]["n"]) == 800
     assert int(selection["all"]["replaced"]) == int(chosen["replaced"].sum()) > 0
     comparisons = [r for r in read(demo_run / "results/tables/comparisons.csv")

@@ -119,8 +119,11 @@ class Targets:
                 if not v.external or (v.external.probe, v.external.protocol, v.external.scorer) == (probe, protocol, scorer)]
 
     def comparisons_in(self, probe: str, protocol: str, scorer: str) -> list:
+        """The comparisons of one probe set x protocol x scorer, by name: the compare rules' rerun trigger, which
+        reordering the config's variants must not pull."""
         present = set(self.variants_in(probe, protocol, scorer))
-        return [c for c in self.study.comparisons.values() if {c.baseline, c.treatment} <= present]
+        return sorted((c for c in self.study.comparisons.values() if {c.baseline, c.treatment} <= present),
+                      key=lambda c: c.name)
 
     def all_metrics(self) -> list[str]:
         return [self.metrics(*run, v) for run in self._runs() for v in self.variants_in(*run)]
