@@ -255,8 +255,9 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     # its engine's jobs (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
     # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; two
     # scorers); its adapter is not retrained, but the fine-tune distilled from its guarded answers to the training
-    # prompts is (their candidate 0 is its answer), with its engine's job and scoring
-    assert counts["generate"] == 3 and counts["score"] == 12 and counts["finetune"] == 1
+    # prompts is (their candidate 0 is its answer), with its engine's job: the merged rude checkpoint's, which
+    # serves four more repairs, so their five variants are scored again too
+    assert counts["generate"] == 3 and counts["score"] == 10 + 10 and counts["finetune"] == 1
     config_path.write_text(original)
     # a guard's number of candidates: its source's engine generates them again for the evaluation probes and for the
     # training prompts (two jobs), and the fine-tune distilled from the kept answers to those retrains

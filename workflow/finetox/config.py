@@ -732,9 +732,6 @@ def load(config: dict) -> Study:
         for name, m in raw["models"].items()
     }
     datasets = {name: _table_source(name, d) for name, d in raw["datasets"].items()}
-    for name, d in raw["datasets"].items():
-        if "produced" in d:
-            _check_produced(name, d["produced"], raw)
     recipes = {name: _recipe(name, r, datasets, seed) for name, r in raw["recipes"].items()}
     variants = {}
     for name, v in raw["variants"].items():
@@ -783,6 +780,10 @@ def load(config: dict) -> Study:
             guard=guard_lever.settings(v["guard"]) if "guard" in v else None,
         )
     variants = _resolve_starts(variants)
+    # (like a local file, a produced dataset is checked where a variant's recipe trains on it)
+    for source in {d.name: d for v in variants.values() if v.recipe for d in v.recipe.datasets}.values():
+        if source.produced:
+            _check_produced(source.name, raw["datasets"][source.name]["produced"], raw)
     probes = {}
     for name, p in raw["probes"].items():
         subsets = {
@@ -846,7 +847,8 @@ def load(config: dict) -> Study:
                               f"all, {', '.join(probes[name].subsets) or 'no other: it has no subsets'})")
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
     used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
-    used_tables += [(f"probes[{d.produced[1]!r}]", probes[d.produced[1]].source) for d in datasets.values() if d.produced]
+    used_tables += [(f"probes[{d.produced[1]!r}]", probes[d.produced[1]].source) for v in variants.values() if v.recipe
+                    for d in v.recipe.datasets if d.produced]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
     if "capability" in raw:
         _check_capability(raw["capability"], datasets, variants)
