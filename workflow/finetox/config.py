@@ -311,6 +311,10 @@ class Study:
         generated = [v.name for v in self.variants.values() if not v.external]
         return sorted(product(self.run_probes, self.run_protocols, generated))
 
+    def generation_cells(self, training: bool = False) -> list[tuple[str, str, str]]:
+        """The training cells or (training=False) the evaluation cells: what one kind of generation job serves."""
+        return self.training_cells() if training else self.evaluation_cells()
+
     @property
     def training_probes(self) -> tuple[str, ...]:
         """The probe sets generated on only to be trained on (none of them is in run.probes)."""

@@ -52,11 +52,11 @@ def segments(study, variants: list[str], prompt_counts: dict[str, int], training
     """Every probe set x protocol x variant one engine serves (`training`: the training prompt sets that produced
     datasets need, else the run's probe sets), in name order: reordering the config's probe sets, protocols or
     variants moves no prompt to another job. A guarded variant of one candidate asks for nothing."""
-    cells = study.training_cells() if training else study.evaluation_cells()
     return [
         Segment(probe, protocol, variant, prompt_counts[probe],
                 samples(study, variant, protocol) * study.protocols[protocol].max_new_tokens)
-        for probe, protocol, variant in cells if variant in variants and samples(study, variant, protocol)
+        for probe, protocol, variant in study.generation_cells(training)
+        if variant in variants and samples(study, variant, protocol)
     ]
 
 

@@ -179,8 +179,7 @@ class Targets:
     def guarded_cells(self, training: bool = False) -> list[tuple[str, str, str]]:
         """(probe, protocol, variant) of every guarded variant's answers: on the run's probe sets, or (training)
         on the training prompt sets of produced datasets."""
-        cells = self.study.training_cells() if training else self.study.evaluation_cells()
-        return [cell for cell in cells if self.study.variants[cell[2]].guard]
+        return [cell for cell in self.study.generation_cells(training) if self.study.variants[cell[2]].guard]
 
     def all_selections(self) -> list[str]:
         return [self.selection(*cell) for training in (False, True) for cell in self.guarded_cells(training)]
@@ -325,10 +324,9 @@ class Targets:
         protocol x variant's digest, and the job size (it decides which prompts each job holds)."""
         s = self.study
         members = set(self.groups[group])
-        cells = s.training_cells() if group in self.training_groups else s.evaluation_cells()
         settings: dict[str, str | int | None] = {
             f"{probe}/{protocol}/{variant}": s.generation_hash(variant, protocol)
-            for probe, protocol, variant in cells if variant in members
+            for probe, protocol, variant in s.generation_cells(group in self.training_groups) if variant in members
         }
         # sorted: Snakemake compares a dict param's items in order, and reordering the config reruns nothing
         return {**dict(sorted(settings.items())), "tokens_per_job": s.generation["tokens_per_job"]}
@@ -340,19 +338,15 @@ class Targets:
 
     def training_probe_pattern(self) -> str:
         """A wildcard pattern matching the training prompt sets (none: matches nothing)."""
-        import re
-
-        return "|".join(map(re.escape, self.study.training_probes)) or "(?!)"
+        return _alternatives(self.study.training_probes)
 
     def name_pattern(self, generated: bool, guarded: bool | None = None) -> str:
         """A wildcard pattern matching the generated variants (given `guarded`: those chosen by a guard, or the
         others), or those scored elsewhere."""
-        import re
-
         names = self.generated_variants(generated)
         if guarded is not None:
             names = [v for v in names if bool(self.study.variants[v].guard) == guarded]
-        return "|".join(map(re.escape, names)) or "(?!)"
+        return _alternatives(names)
 
     def compared_variants(self, probe: str, protocol: str, scorer: str) -> list[str]:
         return sorted({v for c in self.comparisons_in(probe, protocol, scorer) for v in (c.baseline, c.treatment)})
@@ -364,6 +358,13 @@ class Targets:
         if external.source.path:
             inputs["table"] = external.source.path
         return inputs
+
+
+def _alternatives(names) -> str:
+    """A wildcard pattern matching exactly these names (none: a pattern that matches nothing)."""
+    import re
+
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 #: the suffix of a generation group that answers training prompt sets (a checkpoint's second engine job)

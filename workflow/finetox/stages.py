@@ -230,12 +230,13 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     from finetox.progress import ChunkStore, fingerprint, store_beside
 
     started = time.perf_counter()
-    variants = Targets(study).groups[group]
+    targets = Targets(study)
+    variants = targets.groups[group]
     model = study.checkpoint(variants[0])
     probes = {name: tables.read_parquet(path, "probes") for name, path in probes_tables.items()}
     multiple = plan.batch_multiple(study.generation)
     segments = plan.segments(study, variants, {name: len(table) for name, table in probes.items()},
-                             group in Targets(study).training_groups)
+                             group in targets.training_groups)
     pieces = plan.shards(segments, study.generation["tokens_per_job"], multiple)[shard]
     # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
     # does not fit fails now rather than after the engine's start.
@@ -257,7 +258,7 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
     )
     chunks = plan.cut(pieces, study.generation["chunk_tokens"], multiple)
     store = ChunkStore(store_beside(output_dir), fingerprint(
-        list(inputs), [Targets(study).group_settings(group), shard, study.generation["chunk_tokens"]]))
+        list(inputs), [targets.group_settings(group), shard, study.generation["chunk_tokens"]]))
 
     def open_engine():
         settings = {**study.generation, "seed": study.seed, "sole_engine": True}  # this job's one engine
@@ -364,10 +365,11 @@ def select_guarded(study: Study, variant: str, sources: list[str], candidates: l
         kept = kept.assign(variant=variant)
         upstream = {**_upstream_stages(source), **(_upstream_stages(candidates[i]) if candidates else {}),
                     "select": record}
-        meta = _provenance(study, upstream, variant=variant, guard=vars(guard), **lever.rates(chosen))
+        rates = lever.rates(chosen)
+        meta = _provenance(study, upstream, variant=variant, guard=vars(guard), **rates)
         tables.write_parquet(kept, output, "generations", meta)
         tables.write_parquet(chosen.assign(variant=variant), selection, "selection", meta)
-        print(f"select: {variant} {Path(output).parent}: {lever.rates(chosen)}", flush=True)
+        print(f"select: {variant} {Path(output).parent}: {rates}", flush=True)
 
 
 def selection_table(study: Study, files: list[str], output: str) -> None:
