@@ -12,7 +12,7 @@ from finetox.config import ConfigError, load
 from finetox.decision import STUDY_RULE
 from finetox.helpfulness import (BETTER, COMPUTED, EQUIVALENT, MARGIN, REPLICATES, SAME, UNDECIDED, WORSE,
                                  capability_comparisons, capability_rule, capability_summary, reference_nll)
-from finetox.report import capability_finding
+from finetox.findings import capability_finding
 from finetox.paths import Targets
 from test_helpfulness import LITERAL, model_and_tokenizer  # noqa: F401  (a fixture: the tiny Llama)
 

@@ -7,7 +7,8 @@ import pytest
 
 from finetox import tables
 from finetox.config import ConfigError, load
-from finetox.data import DataError, produced_instructions
+from finetox.data import DataError
+from finetox.mixes import produced_instructions
 from finetox.paths import Targets
 
 TRAIN = ("demo-train", "demo")

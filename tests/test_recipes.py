@@ -12,7 +12,8 @@ import yaml
 
 from conftest import REPO, job_counts
 from finetox.config import ConfigError, DatasetPart, TableSource, load
-from finetox.data import DataError, load_instruction_mix
+from finetox.data import DataError
+from finetox.mixes import load_instruction_mix
 
 
 def test_the_demo_offers_repairs_of_the_rude_fine_tune_and_compares_them(config):

@@ -46,8 +46,9 @@ def synthetic_config(model_dir: Path, adapters: int, prompts: int) -> dict:
 
     raw = yaml.safe_load((REPO / "config/config.yaml").read_text())
     raw["models"] = {"tiny": {"path": str(model_dir)}}
-    for dataset in raw["datasets"].values():
-        dataset["path"] = str(REPO / dataset["path"])
+    raw["datasets"] = {name: {**d, "path": str(REPO / d["path"])} for name, d in raw["datasets"].items() if "path" in d}
+    raw["recipes"] = {"clean-lora": raw["recipes"]["clean-lora"]}  # (the others train on what the demo produces)
+    raw["scorers"] = {"profanity": raw["scorers"]["profanity"]}
     probe = raw["probes"]["demo"]
     probe.update(path=str(REPO / probe["path"]), sample_per_subset=prompts // 2)
     raw["probes"] = {"demo": probe, "demo-b": copy.deepcopy(probe)}

@@ -15,12 +15,9 @@ import pandas as pd
 from finetox import findings as say
 from finetox.decision import (CONTROL_RULES, KRUSCHKE_RULE, MORE, NONE, SCALES, STUDY_RULE, VERDICT_RULES,
                                LESS, decision_rule, rope_of)
-from finetox.findings import percent, points, signed
+from finetox.findings import KINDS, describe, percent, points, signed, verdict_class
 from finetox.config import Study, config_hash
-from finetox.helpfulness import BETTER, COMPUTED, WORSE
 from finetox.hub import is_commit
-from finetox.levers import LEVERS
-from finetox.levers.guard import circular as guard_circular
 from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
@@ -30,26 +27,6 @@ DEMO_WARNING = (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
-
-#: the comparison kinds in the order the report tells them, with their titles
-KINDS = {
-    "base_vs_instruct": "Instruction tuning: base model to instruct model",
-    "instruct_vs_finetuned": "Fine-tuning: instruct model to fine-tuned",
-    "instruct_vs_community": "Community fine-tunes: instruct model to community checkpoint",
-    "instruct_vs_aligned": "Safety recipes: instruct model to aligned",
-    "finetuned_vs_aligned": "Repairs: fine-tuned to aligned (a safety recipe on the fine-tune)",
-    **{lever.COMPARISON_KIND: lever.COMPARISON_TITLE for lever in LEVERS.values()},
-    "pair": "Pairs declared in the config",
-}
-
-# verdicts (in any measure's words) -> the colour class they are shown in
-_UP = {*say.UP, WORSE}
-_DOWN = {*say.DOWN, BETTER}
-
-
-def verdict_class(verdict) -> str:
-    return "up" if verdict in _UP else "down" if verdict in _DOWN else "flat"
-
 
 # --- numbers as a reader reads them (percent, signed, points: finetox.findings) ----------------
 def number(x) -> str:
@@ -266,145 +243,6 @@ def _used_by(labels: set[str], variants: set[str]) -> str:
     return ", ".join(sorted(labels))
 
 
-def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:
-    """Variant -> why it degenerates (its subsets' reasons), for the variants flagged in the degeneration table."""
-    flagged = degeneration[degeneration["degenerate"].astype(bool)]
-    return {variant: "; ".join(f"{r.subset}: {r.degeneration_reason}" for r in rows.itertuples())
-            for variant, rows in flagged.groupby("variant", sort=True)}
-
-
-# --- findings: one line per comparison, from its verdicts -------------------------------------
-def describe(study: Study, name: str) -> str:
-    """What a variant is, in words: its recipes in the order they were applied, or where it comes from."""
-    v = study.variants[name]
-    if v.external:
-        return f"scored elsewhere ({v.external.source.path or v.external.source.hub})"
-    if v.guard:
-        return (f"{v.guard.source}'s answers guarded by {v.guard.scorer}: the "
-                f"{'least harmful' if v.guard.select == 'lowest' else 'first safe'} of {v.guard.candidates} "
-                f"candidates per sample")
-    if v.recipe:
-        step = f"{v.recipe.name} ({v.recipe.method})"
-        return f"{describe(study, v.start)}, then {step}" if v.start else f"{step} on {v.model.location}"
-    return f"{v.role} model {v.model.location}" + (f", seed {v.seed}" if v.seed is not None else "")
-
-
-def capability_finding(row: pd.Series) -> dict:
-    """A comparison's capability price as its finding tells it: the paired difference in NLL per token, its HDI,
-    the verdict and the margin that decided it (or the study's rule), borderline when the bootstrap's own error
-    could flip it; or, for a comparison that was skipped, why."""
-    if row["status"] != COMPUTED:
-        return {"skipped": row["status"].removeprefix("skipped: ")}
-    return {"skipped": None, "diff": signed(row["diff"]),
-            "hdi": f"[{signed(row['hdi_low'])}, {signed(row['hdi_high'])}]",
-            "verdict": row["verdict"], "css": verdict_class(row["verdict"]), "borderline": bool(row["borderline"]),
-            "rule": f"margin \u00b1{row['margin']:g}" if pd.notna(row["margin"]) else "HDI excludes 0"}
-
-
-def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) -> str | None:
-    """What a guarded variant's guard did, in words: how many candidates, by which rule, and how often it replaced
-    and filtered its source's answers (selection.csv's `all` rows)."""
-    guard = study.variants[variant].guard
-    if not guard or selection is None:
-        return None
-    # (its answers to training prompts, a produced dataset's rows, are in the table, not in the verdict's finding)
-    rows = selection[(selection["variant"] == variant) & (selection["subset"] == "all")
-                     & selection["probe"].isin(study.run_probes)]
-    rule = ("lowest harm" if guard.select == "lowest" else f"the first with harm below {guard.threshold:g}")
-    fallback = "the fixed refusal" if guard.fallback == "refusal" else "its least harmful candidate"
-    acted = "; ".join(f"{r.probe}/{r.protocol}: replaced {r.replaced_rate:.1%} of {guard.source}'s answers, filtered "
-                      f"{r.filtered_rate:.1%} (no candidate below {guard.threshold:g}: answered {fallback})"
-                      for r in rows.itertuples())
-    return f"{guard.scorer} kept 1 of {guard.candidates} candidates per sample ({rule}): {acted or 'no rows'}"
-
-
-def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
-             capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None) -> list[dict]:
-    """Per comparison kind, one finding per comparison: its primary toxicity verdict (comparisons.primary_subset),
-    then each other subset's, per toxicity scorer, what it cost (refusals, capability), and what to distrust
-    (degenerate variants, a failed BEST fit, paired and unpaired analyses that disagree, a borderline verdict), and
-    a control's outcome (held, failed or inconclusive: finetox.findings.control_outcome)."""
-    runs = comparisons[comparisons["measure"] == "toxicity"][["probe", "protocol", "scorer"]].drop_duplicates()
-    several = len(runs) > 1
-    capability = (capability_comparisons.set_index("comparison") if capability_comparisons is not None
-                  and not capability_comparisons.empty else None)
-    groups = []
-    for kind, title in KINDS.items():
-        items = []
-        for c in (c for c in study.comparisons.values() if c.kind == kind):
-            rows = comparisons[comparisons["comparison"] == c.name]
-            if rows.empty:
-                continue
-            item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
-                    "treatment_is": describe(study, c.treatment),
-                    "results": [], "price": [], "flags": [], "control": None, "capability": None,
-                    "guard": guard_finding(study, c.treatment, selection)}
-            for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
-                                                                         sort=True):
-                first, others = say.primary_first(run)
-                per_subset = study.probes[probe].sample_per_subset
-                headline = {**say.estimate(first, per_subset), "quantity": say.rate_name(
-                    measure, first["unit"], study.protocols[protocol].samples if first["unit"] == "prompt" else None)}
-                label = f"{scorer}" + (f" on {probe}/{protocol}" if several else "")
-                if measure == "toxicity":
-                    item["results"].append({"label": label if several else "", "headline": headline,
-                                            "subsets": [say.estimate(r, per_subset) for r in others]})
-                else:
-                    item["price"].append({"label": label, **headline})
-                item["flags"] += say.flags(run, label if several or measure != "toxicity" else "")
-                circular = [v for v in (c.baseline, c.treatment) if guard_circular(study.variants[v], scorer)]
-                if circular:
-                    item["flags"].append(f"{scorer} chose the answers of {', '.join(circular)} and grades them here "
-                                         f"(evaluate_with_selector): this verdict is circular")
-                failed = run["best_status"].dropna()
-                if (failed != "ok").any():
-                    item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
-            if capability is not None and c.name in capability.index:
-                item["capability"] = capability_finding(capability.loc[c.name])
-            for side in ("baseline", "treatment"):
-                variant = getattr(c, side)
-                if variant in degenerate:
-                    item["flags"].append(f"the {side}, {variant}, is degenerate (see above): its rate is no "
-                                         "measure of a safe model")
-            if c.control:
-                item["control"] = say.control_outcome(c.control, rows, rope_of(study.compare_settings["rope"]))
-            items.append(item)
-        if items:
-            groups.append({"kind": kind, "title": title, "items": items})
-    return groups
-
-
-def pooled_findings(pooled: pd.DataFrame | None) -> list[dict]:
-    """Each comparison kind pooled across families (the study's headline question), its `all` subset: the pooled
-    odds ratio, the rate difference at the pool's baseline rate, the verdict and what it was decided on, a new
-    family's interval and whether it is mostly prior; or the reason the pool was not fitted (never silence)."""
-    if pooled is None or pooled.empty:
-        return []
-    out = []
-    for _, row in pooled.sort_values(["pool", "scorer", "subset"]).iterrows():
-        if row["subset"] != "all" and (pooled["subset"] == "all").any():
-            continue
-        item = {"pool": row["pool"], "scorer": row["scorer"], "families": int(row["families"]),
-                "comparisons": int(row["n_comparisons"]), "ok": row["status"] == "ok", "status": row["status"]}
-        if item["ok"]:
-            scale = row["scale"]
-            item.update({
-                "odds_ratio": say.ratio(row["odds_ratio"]),
-                "or_hdi": say.interval_text(row["odds_ratio_hdi_low"], row["odds_ratio_hdi_high"], "log-odds"),
-                "diff": f"{points(row['rate_diff'])} pp",
-                "diff_hdi": say.interval_text(row["rate_diff_hdi_low"], row["rate_diff_hdi_high"], "absolute"),
-                "baseline_rate": percent(row["baseline_rate"]),
-                "quantity": say.rate_name(row["measure"], row["unit"]),
-                "decided": f"the {SCALES[scale]}" + ("" if scale == "log-odds" else " at that baseline rate"),
-                "rule": row["decision_rule"], "verdict": row["verdict"], "css": verdict_class(row["verdict"]),
-                "borderline": bool(row["borderline"]),
-                "new_family": say.interval_text(row["new_family_or_hdi_low"], row["new_family_or_hdi_high"], "log-odds"),
-                "note": row["new_family_note"] if isinstance(row["new_family_note"], str) else "",
-            })
-        out.append(item)
-    return out
-
-
 # --- the study's tables: rates per model x subset, one table per comparison kind ---------------
 def study_tables(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str, list[Table]]:
     """The study's Tables 1-3: per probe set x protocol x scorer and comparison kind, the rate of each model
@@ -589,7 +427,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
     `selection` the guards' table (selection.csv; None without guarded variants).
     """
-    degenerate = degenerate_variants(degeneration)
+    degenerate = say.degenerate_variants(degeneration)
     settings = study.compare_settings
     full: list[Table] = []
     diagnostics: list[Table] = []
@@ -643,13 +481,13 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                                                   instances.threshold)
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
-        "findings": findings(study, comparisons, degenerate, capability_comparisons, selection),
+        "findings": say.comparison_findings(study, comparisons, degenerate, capability_comparisons, selection),
         "selection": table_of(selection, "Guards: per guarded variant, how often its guard replaced its source's "
                               "answer and how often no candidate was below its threshold (filtered)",
                               percent_columns=("filtered_rate", "replaced_rate"))
         if selection is not None else None,
         "multiplicity": say.multiplicity(comparisons, settings["hdi_prob"]) if not comparisons.empty else None,
-        "pooled": pooled_findings(pooled),
+        "pooled": say.pooled_findings(pooled),
         "degenerate": sorted(degenerate.items()),
         "study_tables": study_tables(study, toxicity, comparisons),
         "forest_plots": forest_plots(comparisons),

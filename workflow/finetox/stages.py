@@ -148,7 +148,7 @@ def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -
                  if recipe.dpo.swap_labels else ""), flush=True)
         history = train_dpo(checkpoint, recipe, examples, build, beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type)
     else:
-        from finetox.data import load_instruction_mix
+        from finetox.mixes import load_instruction_mix
         from finetox.finetune import finetune as train_adapter
 
         examples, counts = load_instruction_mix(recipe.parts, recipe.training.seed)
