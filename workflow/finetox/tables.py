@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -332,7 +333,8 @@ class SchemaError(ValueError):
     """A table that does not have the columns or types its stage promises."""
 
 
-def package_versions() -> dict[str, str]:
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
     from finetox import __version__
 
     # finetox is imported from the checkout that runs the job, installed nowhere: its version is its own
@@ -342,7 +344,13 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return versions
+    return tuple(versions.items())
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of the packages this job runs with (read once per process: a job's packages do not change
+    while it runs, and a generate job writes a table per variant)."""
+    return dict(_package_versions())
 
 
 def conform(table: pd.DataFrame, schema: str, origin: str, only: list[str] | None = None) -> pd.DataFrame:
