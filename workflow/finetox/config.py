@@ -16,8 +16,16 @@ import yaml
 from finetox.decision import rope_of
 from finetox.errors import ConfigError  # noqa: F401  (re-exported: callers catch finetox.config.ConfigError)
 from finetox.levers import guard as guard_lever
+from finetox.scoring import trained_languages
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+#: a probe set's language when it declares none: every probe set finetox shipped before languages could be declared
+#: (RealToxicityPrompts, XSTest, the demo's) is English, so a config that says nothing means what it meant
+DEFAULT_LANGUAGE = "en"
+#: the key that declares a probe set's language and a scorer's languages: declarations that change no output, so
+#: that the rerun digests (Study.digest, Study.selection_hash) leave them out
+LANGUAGE_KEYS = {"probes": "language", "scorers": "languages"}
 
 
 # --- schema validation with defaults -------------------------------------------------------
@@ -138,6 +146,8 @@ class ProbeSet:
     source: TableSource
     subsets: dict[str, tuple[Filter, ...]]
     sample_per_subset: int | None
+    #: the language its prompts are written in (a BCP-47 tag such as en, de, zh), checked against its scorers'
+    language: str = DEFAULT_LANGUAGE
 
     @property
     def name(self) -> str:
@@ -261,6 +271,8 @@ class ScorerSpec:
     #: what the scorer's score measures (toxicity or refusal): the tables and verdicts are worded by it; a
     #: reward model's is `reward`, which no table is worded by (load keeps it out of run.scorers)
     measures: str = "toxicity"
+    #: the languages it may score (lower-case tags), declared or known to finetox for its type; None: not restricted
+    languages: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -389,10 +401,13 @@ class Study:
         return {**request, "mem_mb": request["mem_mb"] * attempt, "runtime": request["runtime"] * attempt}
 
     def digest(self, *keys: str) -> str:
-        """A key-order-independent digest of one part of the config (rule params that trigger reruns)."""
+        """A key-order-independent digest of one part of the config (rule params that trigger reruns). A probe set's
+        or scorer's language declarations are left out: they change no output, only what load allows."""
         node = self.raw
         for key in keys:
             node = node[key]
+        if len(keys) == 2 and keys[0] in LANGUAGE_KEYS:
+            node = {k: v for k, v in node.items() if k != LANGUAGE_KEYS[keys[0]]}
         return config_hash(node)
 
     def comparisons_hash(self) -> str:
@@ -432,7 +447,8 @@ class Study:
         """A digest of what makes a guarded variant's choice among its candidates what it is: its guard settings
         and the scorer's (the select rule's rerun trigger; the candidates themselves are its inputs)."""
         guard = self.raw["variants"][variant]["guard"]
-        return config_hash({"guard": guard, "scorer": self.raw["scorers"][guard["scorer"]]})
+        scorer = {k: v for k, v in self.raw["scorers"][guard["scorer"]].items() if k != LANGUAGE_KEYS["scorers"]}
+        return config_hash({"guard": guard, "scorer": scorer})
 
     def _checkpoint_settings(self, variant: str) -> dict:
         v = self.variants[variant]
@@ -661,7 +677,57 @@ def _scorer(name: str, s: dict) -> ScorerSpec:
             raise ConfigError(f"{where}.{key}: only a scorer of type {' or '.join(only)} takes it, this one is "
                               f"{s['type']}")
     measures = {"refusal": "refusal", "reward-model": "reward"}.get(s["type"], s.get("measures", "toxicity"))
-    return ScorerSpec(name=name, type=s["type"], options={k: v for k, v in s.items() if k != "type"}, measures=measures)
+    return ScorerSpec(name=name, type=s["type"], measures=measures, languages=_scorer_languages(name, s),
+                      options={k: v for k, v in s.items() if k not in ("type", LANGUAGE_KEYS["scorers"])})
+
+
+def _scorer_languages(name: str, s: dict) -> tuple[str, ...] | None:
+    """The languages a scorer may score: its declared `languages`, else those finetox knows for its type (Detoxify's
+    models, alt-profanity-check, the built-in refusal phrases), else None (not restricted). A declaration may narrow
+    the known ones but not widen them: Detoxify's multilingual model has seen no German. With a Detoxify checkpoint
+    of your own, your declaration stands (you know what you trained it on)."""
+    known = trained_languages(s["type"], s)
+    declared = s.get("languages")
+    if declared is None:
+        return known
+    declared = tuple(dict.fromkeys(tag.lower() for tag in declared))
+    fixed = known is not None and not (s["type"] == "detoxify" and s.get("checkpoint"))
+    unknown = [tag for tag in declared if fixed and not covers(known, tag)]
+    if unknown:
+        what = (f"Detoxify's {s.get('model_type') or 'original'!r} model" if s["type"] == "detoxify"
+                else f"type {s['type']}")
+        raise ConfigError(f"scorers[{name!r}].languages: {unknown} not among the languages {what} was trained on or "
+                          f"written for ({', '.join(known)}); declare a subset of those, or use a scorer that reads "
+                          f"{', '.join(unknown)}")
+    return declared
+
+
+def covers(languages: tuple[str, ...] | None, language: str) -> bool:
+    """Whether a scorer restricted to `languages` (None: not restricted) may score text in `language`: the tag itself
+    or its primary language (`de` covers `de-CH`; `zh` covers `zh-Hans`; case does not matter)."""
+    if languages is None:
+        return True
+    tag = language.lower()
+    return tag in languages or tag.split("-")[0] in languages
+
+
+def _check_languages(study: Study) -> None:
+    """Every probe set is scored only by scorers that read its language: the run scorers on every run probe set, and a
+    guard's selector on every probe set its guarded variant answers (evaluation and training prompts). A scorer
+    applied to a language it was not trained on gives numbers that look like rates and mean nothing."""
+    pairs = {(probe, scorer) for probe in study.run_probes for scorer in study.run_scorers}
+    cells = study.evaluation_cells() + study.training_cells()
+    pairs |= {(probe, study.variants[variant].guard.scorer) for probe, _, variant in cells if study.variants[variant].guard}
+    for probe, scorer in sorted(pairs):
+        language, languages = study.probes[probe].language, study.scorers[scorer].languages
+        if not covers(languages, language):
+            declared = ("declared" if study.raw["scorers"][scorer].get(LANGUAGE_KEYS["scorers"]) is not None
+                        else "not declared; finetox's for its type")
+            raise ConfigError(
+                f"probes[{probe!r}].language is {language!r}, which scorers[{scorer!r}].languages ({declared}: "
+                f"{', '.join(languages)}) does not include: the run would score the continuations of {probe!r} with a "
+                f"scorer not trained on their language. Score it with a scorer whose languages include {language!r}, "
+                f"or leave {probe!r} or {scorer!r} out of the run")
 
 
 def _check_produced(name: str, produced: dict, raw: dict) -> None:
@@ -802,6 +868,7 @@ def load(config: dict) -> Study:
             source=_table_source(name, p),
             subsets=subsets,
             sample_per_subset=p.get("sample_per_subset"),
+            language=p.get("language", DEFAULT_LANGUAGE),
         )
     for name, p in raw["protocols"].items():
         if "system_prompt" in p and p["prompt_format"] != "chat":
@@ -859,7 +926,7 @@ def load(config: dict) -> Study:
         used_tables.append((f"datasets[{raw['capability']['dataset']!r}]", datasets[raw["capability"]["dataset"]]))
     for where, source in used_tables:
         _check_local_table(where, source)
-    return Study(
+    study = Study(
         raw=raw,
         seed=seed,
         demo=raw["demo"],
@@ -874,6 +941,8 @@ def load(config: dict) -> Study:
         run_protocols=tuple(run["protocols"]),
         run_scorers=tuple(run["scorers"]),
     )
+    _check_languages(study)
+    return study
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -160,8 +160,8 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
     ])
     protocols = pd.DataFrame([vars(study.protocols[name]) for name in study.run_protocols])
     probes = pd.DataFrame([
-        {"probe": p.name, "source": p.source.path or p.source.hub, "revision": p.source.revision or "",
-         "subset": subset,
+        {"probe": p.name, "language": p.language, "source": p.source.path or p.source.hub,
+         "revision": p.source.revision or "", "subset": subset,
          "filter": " and ".join(f"{f.column} {f.op} {f.value}" for f in p.subsets.get(subset, ())) or "(none)",
          "sample_per_subset": p.sample_per_subset or "all", "prompts used": size}
         for p in (study.probes[name] for name in study.run_probes)
@@ -173,7 +173,9 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
         for reason, count in (sorted(probe_dropped[name].items()) or [("(none)", 0)])
     ])
     scorers = pd.DataFrame([
-        {"scorer": s.name, "type": s.type, **{k: v for k, v in s.options.items() if v is not None}}
+        {"scorer": s.name, "type": s.type,
+         "languages": ", ".join(s.languages) if s.languages is not None else "any (not restricted)",
+         **{k: v for k, v in s.options.items() if v is not None}}
         for s in (study.scorers[name] for name in study.run_scorers)
     ])
     return {"Variants": variants, "Fine-tuning recipes": recipes, "Generation protocols": protocols,
