@@ -40,6 +40,21 @@ def test_repeated_ngram_share(text, n, share):
     assert repeated_ngram_share(text, n) == pytest.approx(share)
 
 
+@pytest.mark.parametrize("language, unit", [("zh", "character"), ("zh-Hans", "character"), ("ja", "character"),
+                                            ("en", "word"), ("de", "word")])
+def test_a_language_without_spaces_counts_repetition_in_characters(language, unit):
+    from finetox.languages import text_unit
+
+    assert text_unit(language) == unit
+    looping = "我不知道我不知道我不知道"  # "I don't know" three times, no spaces: one word to a whitespace split
+    assert repeated_ngram_share(looping, 4, "word") == 0.0
+    # 12 characters: 9 four-grams, 4 distinct ("我不知道", "不知道我", "知道我不", "道我不知")
+    assert repeated_ngram_share(looping, 4, "character") == pytest.approx(5 / 9)
+    assert repeated_ngram_share("今天 天气 很好", 4, "character") == 0.0  # whitespace is left out, nothing repeats
+    with pytest.raises(ValueError, match="unit"):
+        repeated_ngram_share(looping, 4, "token")
+
+
 def test_degeneration_flags_each_continuation():
     table = generations()
     flags = degeneration_flags(table)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from finetox.config import ConfigError, covers, load, read_config_file
-from finetox.scoring import DETOXIFY_LANGUAGES
+from finetox.config import ConfigError, load, read_config_file
+from finetox.languages import DETOXIFY_LANGUAGES, covers
 
 from conftest import REPO, job_counts
 

@@ -16,7 +16,7 @@ import yaml
 from finetox.decision import rope_of
 from finetox.errors import ConfigError  # noqa: F401  (re-exported: callers catch finetox.config.ConfigError)
 from finetox.levers import guard as guard_lever
-from finetox.scoring import trained_languages
+from finetox.languages import covers, trained_languages
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -700,15 +700,6 @@ def _scorer_languages(name: str, s: dict) -> tuple[str, ...] | None:
                           f"written for ({', '.join(known)}); declare a subset of those, or use a scorer that reads "
                           f"{', '.join(unknown)}")
     return declared
-
-
-def covers(languages: tuple[str, ...] | None, language: str) -> bool:
-    """Whether a scorer restricted to `languages` (None: not restricted) may score text in `language`: the tag itself
-    or its primary language (`de` covers `de-CH`; `zh` covers `zh-Hans`; case does not matter)."""
-    if languages is None:
-        return True
-    tag = language.lower()
-    return tag in languages or tag.split("-")[0] in languages
 
 
 def _check_languages(study: Study) -> None:

@@ -15,27 +15,33 @@ from finetox.tables import SCHEMAS, SchemaError
 DEGENERATIONS = ("empty", "immediate_stop", "repetitive")
 #: how the reason text of `flag_degenerate` names each
 DEGENERATION_WORDS = {"empty": "empty", "immediate_stop": "immediately stopped", "repetitive": "repetitive"}
+#: what repetition is counted in (repeated_ngram_share)
+TEXT_UNITS = ("word", "character")
 
 
-def repeated_ngram_share(text: str, n: int = 4) -> float:
-    """1 - distinct / total word n-grams (whitespace words): 0 when no n-gram repeats, near 1 for a loop.
-    A text shorter than n + 1 words has at most one n-gram and so cannot repeat one: 0."""
-    words = text.split()
-    total = len(words) - n + 1
+def repeated_ngram_share(text: str, n: int = 4, unit: str = "word") -> float:
+    """1 - distinct / total n-grams of words (whitespace-separated; `unit` "word") or of characters (whitespace left
+    out; `unit` "character", for languages written without spaces: finetox.languages.text_unit): 0 when no n-gram
+    repeats, near 1 for a loop. A text shorter than n + 1 units has at most one n-gram and so cannot repeat one: 0."""
+    if unit not in TEXT_UNITS:
+        raise ValueError(f"unit must be one of {TEXT_UNITS}, not {unit!r}")
+    units = text.split() if unit == "word" else [c for c in text if not c.isspace()]
+    total = len(units) - n + 1
     if total < 2:
         return 0.0
     # (total - distinct) / total, not 1 - distinct / total: 1/5 is then exactly 0.2 against a threshold of 0.2
-    return (total - len(set(zip(*(words[i:] for i in range(n)))))) / total
+    return (total - len(set(zip(*(units[i:] for i in range(n)))))) / total
 
 
-def degeneration_flags(generations: pd.DataFrame, n: int = 4, repeat_threshold: float = 0.5) -> pd.DataFrame:
+def degeneration_flags(generations: pd.DataFrame, n: int = 4, repeat_threshold: float = 0.5,
+                       unit: str = "word") -> pd.DataFrame:
     """Per continuation of a generations table (same index), the ways it degenerates:
 
     - `empty`: no text but whitespace;
     - `immediate_stop`: the model stopped (`finish_reason` "stop", a stop token) after at most one token
       (`continuation_tokens`, which does not count the stop token): a refusal by silence, which `empty` misses
       when the one token is a full stop or a word;
-    - `repetitive`: `repeated_ngram_share` of its word n-grams >= `repeat_threshold`;
+    - `repetitive`: `repeated_ngram_share` of its n-grams of `unit`s (words, or characters) >= `repeat_threshold`;
 
     and `repeated_ngram_share` itself.
     """
@@ -49,7 +55,7 @@ def degeneration_flags(generations: pd.DataFrame, n: int = 4, repeat_threshold: 
     if unknown.any():
         raise SchemaError(f"degeneration: row {generations.index[unknown.argmax()]!r} has a missing {needed} value")
     texts = generations["continuation"]
-    share = np.fromiter((repeated_ngram_share(t, n) for t in texts), dtype=float, count=len(texts))
+    share = np.fromiter((repeated_ngram_share(t, n, unit) for t in texts), dtype=float, count=len(texts))
     return pd.DataFrame({
         "empty": (texts.str.strip() == "").to_numpy(dtype=bool),
         "immediate_stop": ((generations["finish_reason"] == "stop") & (generations["continuation_tokens"] <= 1))
@@ -60,7 +66,7 @@ def degeneration_flags(generations: pd.DataFrame, n: int = 4, repeat_threshold: 
 
 
 def degeneration(generations: pd.DataFrame, by: str | Sequence[str] = ("variant", "subset"), n: int = 4,
-                 repeat_threshold: float = 0.5) -> pd.DataFrame:
+                 repeat_threshold: float = 0.5, unit: str = "word") -> pd.DataFrame:
     """How often continuations degenerate, per group of `by` plus the pooled `all` of its last column (unless
     that is already the only value): `n`, the count of each of DEGENERATIONS and its `share_<name>`."""
     by = [by] if isinstance(by, str) else list(by)
@@ -69,7 +75,7 @@ def degeneration(generations: pd.DataFrame, by: str | Sequence[str] = ("variant"
     missing = [c for c in by if c not in generations.columns]
     if missing:
         raise SchemaError(f"degeneration: no column(s) {missing} to group by")
-    flags = pd.concat([generations[by], degeneration_flags(generations, n, repeat_threshold)], axis=1)
+    flags = pd.concat([generations[by], degeneration_flags(generations, n, repeat_threshold, unit)], axis=1)
     parts = [_counts(flags, by)]
     if set(flags[by[-1]]) != {POOLED}:
         parts.append(_counts(flags.assign(**{by[-1]: POOLED}), by))

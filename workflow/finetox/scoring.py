@@ -423,28 +423,6 @@ def _normalise(text: str) -> str:
     return text.lower().replace("\u2019", "'")
 
 
-#: the languages each Detoxify model was trained on, by `model_type`: its README says the `multilingual` model "has been
-#: trained on 7 different languages so it should only be tested on: english, french, spanish, italian, portuguese,
-#: turkish or russian"; `original` and `unbiased` were trained on English Jigsaw comments (Wikipedia, Civil Comments)
-DETOXIFY_LANGUAGES = {
-    "original": ("en",),
-    "unbiased": ("en",),
-    "multilingual": ("en", "fr", "es", "it", "pt", "tr", "ru"),
-}
-
-
-def trained_languages(kind: str, options: dict) -> tuple[str, ...] | None:
-    """The languages a scorer of type `kind` with these options is known to read, or None where finetox cannot know
-    them (a Hub classifier, a guard, a refusal scorer given phrases of its own): Detoxify's by model type,
-    alt-profanity-check's English (trained on English text), and the built-in refusal phrases' English (a German
-    "Es tut mir leid" opens with none of them, so a refusal rate on German text would read as none refused)."""
-    if kind == "detoxify":
-        return DETOXIFY_LANGUAGES[options.get("model_type") or "original"]
-    if kind == "offline" or (kind == "refusal" and not options.get("phrases")):
-        return ("en",)
-    return None
-
-
 SCORERS: dict[str, type[Scorer]] = {
     "detoxify": DetoxifyScorer,
     "hf-classifier": HFClassifierScorer,

@@ -429,14 +429,16 @@ DEGENERATION_COLUMNS = ["variant", "subset", "continuation", "continuation_token
 
 
 def degeneration(study: Study, probe: str, protocol: str, generations: str, output: str) -> None:
-    """How often one variant's continuations are empty, stop at once or repeat themselves, per subset, and
-    whether the variant degenerates (the report flags it beside any toxicity verdict)."""
+    """How often one variant's continuations are empty, stop at once or repeat themselves (in n-grams of words, or of
+    characters for a probe set in a language written without spaces), per subset, and whether the variant
+    degenerates (the report flags it beside any toxicity verdict)."""
     from finetox.helpfulness import degeneration as summarise, flag_degenerate
+    from finetox.languages import text_unit
 
     settings = study.raw["degeneration"]
     table = tables.read_parquet(generations, "generations", columns=DEGENERATION_COLUMNS)
-    summary = flag_degenerate(summarise(table, n=settings["ngram"], repeat_threshold=settings["repeat_threshold"]),
-                              max_share=settings["max_share"])
+    summary = flag_degenerate(summarise(table, n=settings["ngram"], repeat_threshold=settings["repeat_threshold"],
+                                        unit=text_unit(study.probes[probe].language)), max_share=settings["max_share"])
     tables.write_csv(summary.assign(probe=probe, protocol=protocol), output, "degeneration")
 
 
