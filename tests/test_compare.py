@@ -7,7 +7,7 @@ import pytest
 
 from finetox.best import compare_scores
 from finetox.compare import FitSettings
-from finetox.config import Comparison
+from finetox.design import Comparison
 from finetox.decision import Rope
 
 SETTINGS = FitSettings(hdi_prob=0.95, prior="uniform", rope=Rope("absolute", 0.01), draws=1000, tune=1000, chains=2,

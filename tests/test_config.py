@@ -265,3 +265,21 @@ def test_tables_on_two_probe_sets_under_two_protocols_leave_empty_cells_that_the
     assert instances.everything[("a", "p2")] is None and instances.everything[("b", "p1")] is None
     assert set(instances.everything[("a", "p1")]["variant"]) == {"x"}
     assert set(instances.everything[("b", "p2")]["variant"]) == {"y"}
+
+
+def test_the_schema_names_the_designs_roles_kinds_and_lever_blocks():
+    """Roles, comparison kinds and lever blocks are declared once (finetox.design, finetox.levers): the schema that
+    validates a config enumerates exactly those, so a new lever or kind the schema does not know fails here."""
+    from finetox.design import FAMILY_KINDS, KINDS, ROLES
+    from finetox.levers import LEVERS
+    from finetox.schema import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    variant = schema["properties"]["variants"]["additionalProperties"]
+    kinds = schema["properties"]["comparisons"]["properties"]["kinds"]
+    assert variant["properties"]["role"]["enum"] == list(ROLES)
+    assert kinds["items"]["enum"] == kinds["default"] == list(FAMILY_KINDS)
+    for key, lever in LEVERS.items():
+        assert key in variant["properties"] and {"required": [key]} in variant["oneOf"], key
+        assert lever.ROLE in ROLES and lever.COMPARISON_KIND in KINDS
+    assert list(KINDS)[-1] == "pair" and set(FAMILY_KINDS) < set(KINDS)

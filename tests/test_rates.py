@@ -8,7 +8,7 @@ from scipy import integrate, stats
 
 from finetox import decision, rates
 from finetox.compare import FitSettings, compare_rates
-from finetox.config import Comparison
+from finetox.design import Comparison
 from finetox.decision import EQUIVALENT, LESS, MORE, NONE, UNDECIDED, Rope
 from finetox.metrics import with_pooled
 

@@ -105,7 +105,7 @@ def benchmark_metrics(sizes: list[int], work: Path) -> None:
 def benchmark_best(sizes: list[int]) -> None:
     from finetox.best import compare_scores
     from finetox.compare import FitSettings
-    from finetox.config import Comparison
+    from finetox.design import Comparison
     from finetox.metrics import with_pooled
 
     print("\nBEST (one comparison, two subsets and `all`; default best_max_prompts 2000; 2 chains x 1000 draws)")

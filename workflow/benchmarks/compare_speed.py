@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from finetox import pooling  # noqa: E402
 from finetox.compare import FitSettings, compare_rates  # noqa: E402
-from finetox.config import Comparison  # noqa: E402
+from finetox.design import Comparison  # noqa: E402
 from finetox.decision import Rope  # noqa: E402
 
 SETTINGS = FitSettings(hdi_prob=0.95, prior="uniform", rope=Rope("ratio", 1.25), draws=1000, tune=1000, chains=2,

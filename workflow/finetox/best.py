@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from finetox.compare import FitSettings, shared_subsets
-from finetox.config import Comparison
+from finetox.design import Comparison
 from finetox.metrics import keyed_rng
 from finetox.sampling import DegenerateDataError, failure_status, fastest_sampler, gated, posterior_draws
 

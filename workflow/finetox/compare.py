@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from finetox import decision, rates
-from finetox.config import MIN_ESS, Comparison
+from finetox.config import MIN_ESS
+from finetox.design import Comparison
 from finetox.decision import WORDING, Rope
 
 

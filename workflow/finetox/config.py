@@ -1,8 +1,8 @@
-"""Validate a finetox config and turn it into typed study objects from which the DAG is derived."""
+"""Turn a finetox config, validated and filled in by finetox.schema, into typed study objects, cross-checked, from
+which the DAG is derived (its comparisons by finetox.design)."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -10,15 +10,14 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from finetox.decision import rope_of
+from finetox.design import TRAINED_ROLES, Comparison, derive_comparisons
 from finetox.errors import ConfigError  # noqa: F401  (re-exported: callers catch finetox.config.ConfigError)
-from finetox.levers import guard as guard_lever
 from finetox.languages import covers, trained_languages
-
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+from finetox.levers import guard as guard_lever
+from finetox.schema import validate
 
 #: a probe set's language when it declares none: every probe set finetox shipped before languages could be declared
 #: (RealToxicityPrompts, XSTest, the demo's) is English, so a config that says nothing means what it meant
@@ -26,73 +25,6 @@ DEFAULT_LANGUAGE = "en"
 #: the key that declares a probe set's language and a scorer's languages: declarations that change no output, so
 #: that the rerun digests (Study.digest, Study.selection_hash) leave them out
 LANGUAGE_KEYS = {"probes": "language", "scorers": "languages"}
-
-
-# --- schema validation with defaults -------------------------------------------------------
-
-
-def _with_defaults(validator_class):
-    """A jsonschema validator class that fills in `default` values while it validates."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def _schema_at(schema: dict, path) -> dict:
-    """The subschema that describes the instance at `path` (good enough for error messages)."""
-    node = schema
-    for part in path:
-        props = node.get("properties", {})
-        if isinstance(part, str) and part in props:
-            node = props[part]
-        elif isinstance(part, int) and "items" in node:
-            node = node["items"]
-        elif isinstance(node.get("additionalProperties"), dict):
-            node = node["additionalProperties"]
-        else:
-            return {}
-    return node
-
-
-def _resolve_ref(schema: dict, ref: str) -> dict:
-    node = schema
-    for part in ref.lstrip("#/").split("/"):
-        node = node[part]
-    return node
-
-
-def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
-    where = "config" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-    if error.validator in ("additionalProperties", "unevaluatedProperties"):
-        parent = _schema_at(schema, error.absolute_path)
-        allowed = set(parent.get("properties", {}))
-        if "$ref" in parent:  # a table source extended by the probe keys
-            allowed |= set(_resolve_ref(schema, parent["$ref"]).get("properties", {}))
-        extra = sorted(set(error.instance) - allowed)
-        return f"{where}: unknown key(s) {extra}; allowed keys: {sorted(allowed)}"
-    if error.validator == "oneOf" and isinstance(error.instance, dict):
-        choices = [" + ".join(map(repr, option.get("required", []))) for option in error.validator_value]
-        return f"{where}: give exactly one of {' or '.join(choices)}"
-    return f"{where}: {error.message}"
-
-
-def validate(config: dict) -> dict:
-    """Validate `config` against the schema, fill in defaults (in place) and return it."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
-    validator = validator_class(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = sorted({_describe(e, schema) for e in errors})
-        raise ConfigError("invalid finetox config:\n  " + "\n  ".join(lines))
-    return config
 
 
 # --- typed study objects -------------------------------------------------------------------
@@ -273,17 +205,6 @@ class ScorerSpec:
     measures: str = "toxicity"
     #: the languages it may score (lower-case tags), declared or known to finetox for its type; None: not restricted
     languages: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    name: str
-    kind: str
-    baseline: str
-    treatment: str
-    #: a control pair's planted outcome (comparisons.pairs[].control), checked in the report's findings; not in
-    #: the repr that the compare rule's params hold (declaring a control reruns no fit)
-    control: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -549,52 +470,6 @@ def _table_source(name: str, raw: dict) -> TableSource:
     )
 
 
-def derive_comparisons(variants: dict[str, Variant], kinds, pairs) -> dict[str, Comparison]:
-    """The study's comparison kinds within each family, plus the pairs declared by hand."""
-    comparisons: dict[str, Comparison] = {}
-    families: dict[str, dict[str, list[str]]] = {}
-    for v in variants.values():
-        families.setdefault(v.family, {}).setdefault(v.role, []).append(v.name)
-    for family, roles in sorted(families.items()):
-        for role in ("base", "instruct"):
-            if len(roles.get(role, [])) > 1:
-                raise ConfigError(
-                    f"variants: family {family!r} has several {role} variants {roles[role]}; "
-                    f"give the extra ones role 'other' (or 'community') and compare them with comparisons.pairs"
-                )
-        instruct = roles.get("instruct", [None])[0]
-        base = roles.get("base", [None])[0]
-        if "base_vs_instruct" in kinds and base and instruct:
-            comparisons[f"{base}_vs_{instruct}"] = Comparison(f"{base}_vs_{instruct}", "base_vs_instruct", base, instruct)
-        for role, kind in (("finetuned", "instruct_vs_finetuned"), ("community", "instruct_vs_community"),
-                           ("aligned", "instruct_vs_aligned")):
-            if kind in kinds and instruct:
-                for treatment in roles.get(role, []):
-                    name = f"{instruct}_vs_{treatment}"
-                    comparisons[name] = Comparison(name, kind, instruct, treatment)
-        if "finetuned_vs_aligned" in kinds:  # the repair: an aligned variant against the fine-tune it starts from
-            for treatment in roles.get("aligned", []):
-                start = variants[treatment].start
-                if start and variants[start].role == "finetuned":
-                    name = f"{start}_vs_{treatment}"
-                    comparisons[name] = Comparison(name, "finetuned_vs_aligned", start, treatment)
-    for name, baseline, treatment in guard_lever.comparisons(variants):
-        comparisons[name] = Comparison(name, guard_lever.COMPARISON_KIND, baseline, treatment)
-    for pair in pairs:
-        for side in ("baseline", "treatment"):
-            _require(pair[side], variants, "variant", f"comparisons.pairs[{pair['name']!r}].{side}")
-        if pair["baseline"] == pair["treatment"]:
-            raise ConfigError(f"comparisons.pairs[{pair['name']!r}]: baseline and treatment are both "
-                              f"{pair['baseline']!r}; a comparison needs two different variants")
-        if pair["name"] in comparisons:
-            raise ConfigError(f"comparisons.pairs: name {pair['name']!r} is already used by a derived comparison")
-        comparisons[pair["name"]] = Comparison(pair["name"], "pair", pair["baseline"], pair["treatment"],
-                                               pair.get("control"))
-    return comparisons
-
-
-#: the roles whose variants train a recipe's adapter
-TRAINED_ROLES = ("finetuned", "aligned")
 
 
 def _recipe(name: str, r: dict, datasets: dict[str, TableSource], seed: int) -> Recipe:

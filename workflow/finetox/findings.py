@@ -12,8 +12,8 @@ import pandas as pd
 from finetox import decision
 from finetox.config import Study
 from finetox.decision import LESS, MORE, SCALES, WORDING, rope_of
+from finetox.design import KINDS
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
-from finetox.levers import LEVERS
 from finetox.levers.guard import circular as guard_circular
 
 #: verdicts (in any measure's words) that read as an increase or a decrease of the measured rate
@@ -148,18 +148,6 @@ def multiplicity(comparisons: pd.DataFrame, hdi_prob: float) -> dict:
             "decisive": int(decisive.sum()), "decisive_primary": int(primary["verdict"].isin(UP | DOWN).sum()),
             "credible": int(toxicity["credible"].fillna(False).astype(bool).sum()),
             "chance_share": f"{1 - hdi_prob:.0%}", "chance_expected": f"{(1 - hdi_prob) * len(toxicity):.1f}"}
-
-
-#: the comparison kinds in the order the report tells them, with their titles
-KINDS = {
-    "base_vs_instruct": "Instruction tuning: base model to instruct model",
-    "instruct_vs_finetuned": "Fine-tuning: instruct model to fine-tuned",
-    "instruct_vs_community": "Community fine-tunes: instruct model to community checkpoint",
-    "instruct_vs_aligned": "Safety recipes: instruct model to aligned",
-    "finetuned_vs_aligned": "Repairs: fine-tuned to aligned (a safety recipe on the fine-tune)",
-    **{lever.COMPARISON_KIND: lever.COMPARISON_TITLE for lever in LEVERS.values()},
-    "pair": "Pairs declared in the config",
-}
 
 
 def degenerate_variants(degeneration: pd.DataFrame) -> dict[str, str]:

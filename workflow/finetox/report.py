@@ -15,7 +15,8 @@ import pandas as pd
 from finetox import findings as say
 from finetox.decision import (CONTROL_RULES, KRUSCHKE_RULE, MORE, NONE, SCALES, STUDY_RULE, VERDICT_RULES,
                                LESS, decision_rule, rope_of)
-from finetox.findings import KINDS, describe, percent, points, signed, verdict_class
+from finetox.design import KINDS
+from finetox.findings import describe, percent, points, signed, verdict_class
 from finetox.config import Study, config_hash
 from finetox.hub import is_commit
 from finetox.tables import PACKAGES
