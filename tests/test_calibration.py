@@ -241,3 +241,53 @@ def test_the_config_block_is_checked(demo_config):
     with pytest.raises(ConfigError, match="'yes'"):
         calibration.settings_of(load(config))
     assert calibration.settings_of(load({**demo_config, "calibration": {}})).scorer == "profanity"
+
+
+def test_the_stages_export_label_and_calibrate_score_tables_and_the_report_part_says_what_it_has(
+        tmp_path, monkeypatch, demo_config):
+    """The stage functions on planted score tables of the demo's variants: the written export has exactly the
+    labelling columns and no score or variant; the demo labeller's file imports; the tables hold every variant and
+    comparison; the report part awaits labels before and names sensitivity and specificity after."""
+    from finetox import stages, tables
+    from finetox.paths import Targets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resources").symlink_to(DEMO.parent)
+    config = {**demo_config, "calibration": {**demo_config["calibration"], "sample_size": 200}}
+    study = load(config)
+    targets = Targets(study)
+    rng = np.random.default_rng(0)
+    texts = ["you idiot", "nice garden", "shut up loser", "lovely day", "damn it", "the bread"]
+    probes = pd.DataFrame({"prompt_id": [f"d{i}" for i in range(30)], "subset": ["toxic", "nontoxic"] * 15,
+                           "prompt": [f"prompt {i}" for i in range(30)]})
+    tables.write_parquet(probes, "probes.parquet", "probes", {})
+    files = {}
+    for key in targets.calibration_scores():
+        variant = key[3]
+        continuation = [texts[j] for j in rng.integers(0, len(texts), 60)]
+        score = np.clip([0.9 if "idiot" in c or "damn" in c else 0.6 if "loser" in c else 0.05 for c in continuation]
+                        + rng.normal(0, 0.1, 60), 0, 1)
+        files[key] = f"scores/{variant}.parquet"
+        tables.write_parquet(pd.DataFrame({
+            "prompt_id": np.repeat(probes["prompt_id"], 2).to_numpy(), "subset": np.repeat(probes["subset"], 2).to_numpy(),
+            "variant": variant, "sample": np.tile([0, 1], 30), "continuation": continuation, "scorer": "profanity",
+            "score": score}), files[key], "scores", {})
+    export, design, key = Targets.CALIBRATION_EXPORT, Targets.CALIBRATION_DESIGN, Targets.CALIBRATION_SAMPLE
+    stages.calibration_sample(study, files, {"demo": "probes.parquet"}, export, design, key)
+    written = pd.read_csv(export, dtype=str, keep_default_na=False)
+    assert list(written.columns) == list(calibration.EXPORT_COLUMNS) and len(written) == 200
+    assert not written["label"].any()
+    assert not any(v in cell for v in study.variants for cell in written.to_numpy().ravel())
+    awaiting = stages._calibration_context(study, targets.calibration_exports())
+    assert awaiting["state"] == "awaiting" and awaiting["sampled"] == 200
+    stages.demo_labels(study, export, Targets.DEMO_LABELS)
+    outputs = [Targets.SCORER_ACCURACY_TABLE, Targets.CORRECTED_RATES_TABLE, Targets.CORRECTED_COMPARISONS_TABLE]
+    stages.calibrate(study, key, Targets.DEMO_LABELS, files, *outputs)
+    accuracy = tables.read_csv(outputs[0], "scorer_accuracy")
+    assert set(accuracy["variant"]) == set(targets.generated_variants()) | {"all"}
+    assert accuracy["labelled"].iloc[-1] == 200 and not accuracy["weak"].any()
+    compared = tables.read_csv(outputs[2], "corrected_comparisons")
+    assert set(compared["comparison"]) == {c.name for c in study.comparisons.values()}
+    assert (compared["status"] == calibration.CORRECTED).all() and compared["corrected_verdict"].notna().all()
+    done = stages._calibration_context(study, outputs)
+    assert done["state"] == "done" and done["scorers"][0]["sensitivity"].endswith("%]")
