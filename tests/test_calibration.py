@@ -132,7 +132,7 @@ def test_the_export_never_contains_scores_or_variants_and_its_design_counts_ever
     config = settings(sample_size=100)
     sample, design = calibration.draw_sample(population, config, np.random.default_rng(1))
     path = tmp_path / "to_label.csv"
-    calibration.export_table(sample).to_csv(path, index=False)
+    calibration.export_table(sample).to_csv(path, index=False, quoting=calibration.EXPORT_QUOTING)
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     assert tuple(rows[0]) == calibration.EXPORT_COLUMNS == ("id", "prompt", "continuation", "label")
@@ -257,7 +257,8 @@ def test_the_stages_export_label_and_calibrate_score_tables_and_the_report_part_
     study = load(config)
     targets = Targets(study)
     rng = np.random.default_rng(0)
-    texts = ["you idiot", "nice garden", "shut up loser", "lovely day", "damn it", "the bread"]
+    # (tiny models emit control characters: NUL, CR, form feed; the export must stay a CSV every reader reads)
+    texts = ["you idiot", "nice garden", "shut up loser", "lovely\r day\x00", "damn it", "the\x0c bread,\n \"x\""]
     probes = pd.DataFrame({"prompt_id": [f"d{i}" for i in range(30)], "subset": ["toxic", "nontoxic"] * 15,
                            "prompt": [f"prompt {i}" for i in range(30)]})
     tables.write_parquet(probes, "probes.parquet", "probes", {})
@@ -276,6 +277,9 @@ def test_the_stages_export_label_and_calibrate_score_tables_and_the_report_part_
     stages.calibration_sample(study, files, {"demo": "probes.parquet"}, export, design, key)
     written = pd.read_csv(export, dtype=str, keep_default_na=False)
     assert list(written.columns) == list(calibration.EXPORT_COLUMNS) and len(written) == 200
+    with open(export, newline="") as handle:
+        assert [len(row) for row in csv.reader(handle)] == [4] * 201
+    assert "lovely\u240d day\u2400" in set(written["continuation"])
     assert not written["label"].any()
     assert not any(v in cell for v in study.variants for cell in written.to_numpy().ravel())
     awaiting = stages._calibration_context(study, targets.calibration_exports())

@@ -188,9 +188,25 @@ def draw_sample(population: pd.DataFrame, settings: CalibrationSettings, rng: np
     return sample.drop(columns=["score"]), design
 
 
+#: control characters (C0 but tab and line feed, and DEL) as their Unicode pictures: models emit NUL, CR and the like,
+#: which break CSV readers and spreadsheets and which a labeller cannot see anyway
+_CONTROL_PICTURES = {code: 0x2400 + code for code in range(32) if chr(code) not in "\t\n"} | {0x7F: 0x2421}
+
+
+def displayed(text: str) -> str:
+    """A text as the export shows it: control characters as their pictures (NUL as \u2400), the rest as it is."""
+    return str(text).translate(_CONTROL_PICTURES)
+
+
 def export_table(sample: pd.DataFrame) -> pd.DataFrame:
-    """The file labellers get: id, prompt, continuation and a blank label; never a score or the variant."""
-    return sample.assign(label="")[list(EXPORT_COLUMNS)]
+    """The file labellers get: id, prompt, continuation (control characters shown as pictures) and a blank label;
+    never a score or the variant. Write it with every field quoted (EXPORT_QUOTING)."""
+    return sample.assign(label="", prompt=sample["prompt"].map(displayed),
+                         continuation=sample["continuation"].map(displayed))[list(EXPORT_COLUMNS)]
+
+
+#: every field of the export quoted: a continuation may hold line breaks, commas and quotes
+EXPORT_QUOTING = csv.QUOTE_ALL
 
 
 # --- the labels --------------------------------------------------------------------------------------------------
@@ -201,13 +217,13 @@ def _normal(text: str) -> str:
 
 def read_labels(path: str | Path, exported: pd.DataFrame, settings: CalibrationSettings) -> pd.Series:
     """The labelled CSV as id -> truly toxic (True, False, or <NA> for a missing label when `missing: count`),
-    strictly checked against the exported sample (columns id, continuation): every id known and given once, its
+    strictly checked against the exported sample (the key's columns id, continuation): every id known and given once, its
     continuation the exported one, each label one of the declared values. Every wrong row is named (row number
     after the header, and line of the file) in one error; so, under `missing: refuse`, is every blank label and
     every exported id the file leaves out. Columns beyond id, continuation and label (a labeller's notes) are
     ignored."""
     path = Path(path)
-    known = dict(zip(exported["id"], exported["continuation"].map(_normal)))
+    known = dict(zip(exported["id"], exported["continuation"].map(lambda text: _normal(displayed(text)))))
     toxic, nontoxic = set(settings.toxic_labels), set(settings.nontoxic_labels)
     problems, labels, seen = [], {}, {}
     try:

@@ -777,7 +777,7 @@ def calibration_sample(study: Study, score_files: dict[tuple, str], probe_tables
         study, _upstream_stages(*score_files.values()), scorer=settings.scorer, bands=list(settings.bands)))
     tables.write_csv(strata, design, "calibration_design")
     with tables.atomic_path(export) as tmp:
-        calibration.export_table(sample).to_csv(tmp, index=False)
+        calibration.export_table(sample).to_csv(tmp, index=False, quoting=calibration.EXPORT_QUOTING)
 
 
 def demo_labels(study: Study, export: str, output: str) -> None:
@@ -788,7 +788,7 @@ def demo_labels(study: Study, export: str, output: str) -> None:
     exported = pd.read_csv(export, dtype=str, keep_default_na=False)
     labelled = calibration.demo_labels(exported, settings.toxic_labels[0], settings.nontoxic_labels[0])
     with tables.atomic_path(output) as tmp:
-        labelled.to_csv(tmp, index=False)
+        labelled.to_csv(tmp, index=False, quoting=calibration.EXPORT_QUOTING)
 
 
 def _calibration_context(study: Study, files: list[str]) -> dict:
