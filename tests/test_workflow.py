@@ -180,6 +180,50 @@ def test_the_distilled_fine_tune_trains_on_exactly_the_answers_its_guard_kept_an
     assert not list((demo_run / "results/scores").glob("demo-train/**/*.parquet"))
 
 
+def test_the_demo_calibrates_its_scorer_against_its_labeller_and_reports_corrected_rates(demo_run):
+    """The export holds only id, prompt, continuation and a blank label; the demo labeller's labels differ from the
+    profanity scorer's flags on some continuations; the tables hold sensitivity and specificity (a useful scorer,
+    not a perfect one) and every variant's corrected rate; the report shows them beside the raw ones."""
+    import pandas as pd
+
+    from finetox.findings import percent
+
+    exported = read(demo_run / "results/calibration/to_label.csv")
+    assert list(exported[0]) == ["id", "prompt", "continuation", "label"] and all(r["label"] == "" for r in exported)
+    config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    assert len(exported) == config["calibration"]["sample_size"]
+    key = pd.read_parquet(demo_run / "results/calibration/sample.parquet")
+    labels = pd.read_csv(demo_run / "results/demo/labels.csv", dtype=str, keep_default_na=False).set_index("id")["label"]
+    scores = pd.concat([pd.read_parquet(demo_run / f"results/scores/demo/demo/profanity/{v}.parquet",
+                                        columns=["prompt_id", "sample", "score"]).assign(variant=v)
+                        for v in key["variant"].unique()])
+    joined = key.merge(scores, on=["variant", "prompt_id", "sample"], validate="one_to_one")
+    flagged, toxic = joined["score"] >= 0.5, joined["id"].map(labels) == "toxic"
+    assert toxic.any() and (~toxic).any() and (flagged != toxic).any() and (flagged == toxic).mean() > 0.7
+    accuracy = {r["variant"]: r for r in read(demo_run / "results/tables/scorer_accuracy.csv")}
+    pooled = accuracy["all"]
+    assert pooled["scorer"] == "profanity" and int(pooled["labelled"]) == len(exported) and pooled["weak"] == "False"
+    sensitivity, specificity = float(pooled["sensitivity"]), float(pooled["specificity"])
+    assert 0.5 < sensitivity < 1 and 0.5 < specificity < 1
+    rates = read(demo_run / "results/tables/corrected_rates.csv")
+    assert {r["variant"] for r in rates} == set(accuracy) - {"all"}
+    for r in rates:
+        assert float(r["corrected_rate_low"]) <= float(r["corrected_rate"]) <= float(r["corrected_rate_high"])
+    compared = read(demo_run / "results/tables/corrected_comparisons.csv")
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "How much to trust the scorer" in html and "Calibration against human labels" in html
+    assert f"sensitivity {percent(sensitivity)} [" in html and f"specificity {percent(specificity)} [" in html
+    assert html.count("survives the labels</span>") + html.count("changes with the labels</span>") == len(compared)
+    # what reruns: a new sample size draws, labels and calibrates again; the weakness bound only recalibrates
+    config_path = demo_run / "config/config.yaml"
+    original = config_path.read_text()
+    for change, expected in (({"sample_size": 600}, {"calibration_sample", "demo_labels", "calibrate", "report", "all"}),
+                             ({"min_youden": 0.3}, {"calibrate", "report", "all"})):
+        config_path.write_text(yaml.safe_dump({**config, "calibration": {**config["calibration"], **change}}))
+        assert set(job_counts(snakemake(demo_run, "-n").stdout)) == expected, change
+    config_path.write_text(original)
+
+
 def test_output_tables_keep_the_contracted_columns(demo_run):
     with open(demo_run / "results/tables/toxicity.csv") as f:
         header = f.readline().strip().split(",")
@@ -310,11 +354,12 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     # its engine's job, which serves the four variants of the instruct checkpoint (generation.share_engine), and
     # their scoring and metrics; the analyses and tables that gather every variant (two scorers: profanity and
     # refusal; BEST on profanity only; capability does not depend on sampling)
-    # (and the guarded variant's candidates and choice: its source is served by that engine too)
+    # (and the guarded variant's candidates and choice: its source is served by that engine too; the calibration's
+    # sample is drawn again from the new continuations, labelled again by the demo's labeller, and calibrated)
     assert counts == {"generate": 1, "merge_generations": 4, "merge_candidates": 1, "select_guarded": 1, "score": 10,
                       "metrics": 10, "compare": 2, "best": 1, "degeneration": 5, "toxicity_table": 1,
                       "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1, "selection_table": 1,
-                      "report": 1, "all": 1}
+                      "calibration_sample": 1, "demo_labels": 1, "calibrate": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))

@@ -23,6 +23,10 @@ class Targets:
                          if group not in self.training_groups}
         self.training_group_of = {variant: group for group in self.training_groups for variant in self.groups[group]}
         self._planned: dict[str, int | None] = {}
+        from finetox.calibration import settings_of
+
+        #: the calibration against human labels (None when the config has no `calibration`)
+        self.calibration = settings_of(study)
 
     # --- one path per stage ----------------------------------------------------------------
     @staticmethod
@@ -106,6 +110,15 @@ class Targets:
     DEGENERATION_TABLE = f"{RESULTS}/tables/degeneration.csv"
     SELECTION_TABLE = f"{RESULTS}/tables/selection.csv"
     REPORT = f"{RESULTS}/report/report.html"
+    # calibration against human labels (finetox.calibration): the file to label, its design and key; the tables
+    CALIBRATION_EXPORT = f"{RESULTS}/calibration/to_label.csv"
+    CALIBRATION_DESIGN = f"{RESULTS}/calibration/design.csv"
+    CALIBRATION_SAMPLE = f"{RESULTS}/calibration/sample.parquet"
+    SCORER_ACCURACY_TABLE = f"{RESULTS}/tables/scorer_accuracy.csv"
+    CORRECTED_RATES_TABLE = f"{RESULTS}/tables/corrected_rates.csv"
+    CORRECTED_COMPARISONS_TABLE = f"{RESULTS}/tables/corrected_comparisons.csv"
+    #: the demo labeller's labels of the exported sample (rule demo_labels)
+    DEMO_LABELS = f"{RESULTS}/demo/labels.csv"
 
     # --- what the run asks for -------------------------------------------------------------
     def _runs(self):
@@ -224,9 +237,44 @@ class Targets:
         """The gathered capability tables (summary, comparisons); none when the config has no `capability`."""
         return [self.CAPABILITY_TABLE, self.CAPABILITY_COMPARISONS_TABLE] if self.study.capability is not None else []
 
+    def calibration_scores(self, stratifying: bool = False) -> dict[tuple[str, str, str, str], str]:
+        """(probe, protocol, scorer, variant) -> score table of every generated variant by every calibrated scorer
+        (or only by the stratifying one): the calibration's population."""
+        if self.calibration is None:
+            return {}
+        s = self.study
+        scorers = [self.calibration.scorer] if stratifying else self.calibration.scorers
+        return {(probe, protocol, scorer, v): self.scores(probe, protocol, scorer, v)
+                for probe, protocol, scorer in product(s.run_probes, s.run_protocols, scorers)
+                for v in self.generated_variants()}
+
+    def calibration_exports(self) -> list[str]:
+        """The labelling sample and its design; none when the config has no `calibration`."""
+        return [self.CALIBRATION_EXPORT, self.CALIBRATION_DESIGN] if self.calibration else []
+
+    def calibration_tables(self) -> list[str]:
+        """The calibration's tables; none until `calibration.labels` names a labelled file."""
+        if self.calibration is None or not self.calibration.labels:
+            return []
+        return [self.SCORER_ACCURACY_TABLE, self.CORRECTED_RATES_TABLE, self.CORRECTED_COMPARISONS_TABLE]
+
+    def calibration_inputs(self) -> dict[str, str | list[str]]:
+        """What the calibrate job reads: the sample's key, the labelled file and every calibrated scorer's score
+        tables of the generated variants; none without labels."""
+        if not self.calibration_tables():
+            return {}
+        return {"key": self.CALIBRATION_SAMPLE, "labels": self.calibration.labels,
+                "scores": list(self.calibration_scores().values())}
+
+    def calibration_report_inputs(self) -> list[str]:
+        """What the report reads of the calibration: its tables once labels are given, else the sample's design
+        (the report says the corrected rates await labels); none without `calibration`."""
+        return self.calibration_tables() or self.calibration_exports()
+
     def final(self) -> list[str]:
         return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE,
-                *self.capability_tables(), *self.selection_tables(), self.REPORT]
+                *self.capability_tables(), *self.selection_tables(), *self.calibration_exports(),
+                *self.calibration_tables(), self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:

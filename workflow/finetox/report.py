@@ -415,12 +415,21 @@ def analysis_protocol(study: Study) -> dict:
     }
 
 
+def calibration_view(context: dict | None) -> dict | None:
+    """finetox.calibration's report context with its tables rendered."""
+    if context is None or "tables" not in context:
+        return context
+    return {**context, "tables": [table_of(frame, caption, percent_columns=columns)
+                                  for caption, frame, columns in context["tables"]]}
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
                  degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
-                 probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None) -> str:
+                 probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None,
+                 calibration: dict | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -428,7 +437,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     degeneration table; `instances` the continuations shown; `examples` the realised training examples of each
     fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
     (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
-    `selection` the guards' table (selection.csv; None without guarded variants).
+    `selection` the guards' table (selection.csv; None without guarded variants); `calibration` the part on the
+    scorers against human labels (finetox.calibration.report_context; None: not shown).
     """
     degenerate = say.degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -514,6 +524,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         "diagnostics": diagnostics,
         "best_subsampled": sorted({f"{c}/{s}" for c, s in zip(subsampled["comparison"], subsampled["subset"])}),
         "fine_tuning": fine_tuning,
+        "calibration": calibration_view(calibration),
         "setup": [table_of(frame.astype(str), title)
                   for title, frame in setup_tables(study, probe_sizes, probe_dropped).items() if not frame.empty],
         "provenance": [table_of(frame.astype(str), title)

@@ -626,7 +626,7 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: dict[tuple, str],
            prompt_files: dict[tuple, str], adapters: list[str], output: str, capability_csv: str | None = None,
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None,
-           selection_csv: str | None = None) -> None:
+           selection_csv: str | None = None, calibration_files: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
     per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
@@ -659,7 +659,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                                          settings["embed_continuations"]), examples,
                         capability=_read_if_there(capability_csv, "capability_summary"),
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"),
-                        probe_dropped=dropped, selection=_read_if_there(selection_csv, "selection_rates"))
+                        probe_dropped=dropped, selection=_read_if_there(selection_csv, "selection_rates"),
+                        calibration=_calibration_context(study, calibration_files or []))
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 
@@ -749,3 +750,103 @@ def report_instances(study: Study, probe_tables: dict[str, str], score_files: di
 def _read_if_there(path: str | None, schema: str) -> pd.DataFrame | None:
     """An optional table of the report (one whose stage the config may leave out)."""
     return tables.read_csv(path, schema) if path and Path(path).exists() else None
+
+
+# --- calibration against human labels (finetox.calibration) ------------------------------------------------------
+#: what the calibration reads of a score table: the stratifying scorer's for the export, every scorer's for the fit
+EXPORT_COLUMNS = ["prompt_id", "subset", "sample", "continuation", "score"]
+FLAG_COLUMNS = ["prompt_id", "sample", "score"]
+
+
+def calibration_sample(study: Study, score_files: dict[tuple, str], probe_tables: dict[str, str], export: str,
+                       design: str, key: str) -> None:
+    """The labelling sample: `export` (id, prompt, continuation, blank label: for labellers), `design` (per stratum
+    N_h and n_h) and `key` (which continuation each id is). `score_files`: the stratifying scorer's score tables,
+    keyed (probe, protocol, scorer, variant)."""
+    from finetox import calibration
+    from finetox.metrics import keyed_rng
+
+    settings = calibration.settings_of(study)
+    frames = []
+    for (probe, protocol, _, variant), path in sorted(score_files.items()):
+        table = tables.read_parquet(path, "scores", columns=EXPORT_COLUMNS)
+        prompts = tables.read_parquet(probe_tables[probe], "probes", columns=["prompt_id", "prompt"])
+        table = table.merge(prompts, on="prompt_id", how="left", validate="many_to_one")
+        frames.append(table.assign(probe=probe, protocol=protocol, variant=variant))
+    sample, strata = calibration.draw_sample(pd.concat(frames, ignore_index=True), settings,
+                                             keyed_rng(settings.seed, "calibration-sample"))
+    tables.write_parquet(sample, key, "calibration_sample", _provenance(
+        study, _upstream_stages(*score_files.values()), scorer=settings.scorer, bands=list(settings.bands)))
+    tables.write_csv(strata, design, "calibration_design")
+    with tables.atomic_path(export) as tmp:
+        calibration.export_table(sample).to_csv(tmp, index=False, quoting=calibration.EXPORT_QUOTING)
+
+
+def demo_labels(study: Study, export: str, output: str) -> None:
+    """The demo labeller's labels of the exported sample (finetox.calibration.demo_labels)."""
+    from finetox import calibration
+
+    settings = calibration.settings_of(study)
+    exported = pd.read_csv(export, dtype=str, keep_default_na=False)
+    labelled = calibration.demo_labels(exported, settings.toxic_labels[0], settings.nontoxic_labels[0])
+    with tables.atomic_path(output) as tmp:
+        labelled.to_csv(tmp, index=False, quoting=calibration.EXPORT_QUOTING)
+
+
+def _calibration_context(study: Study, files: list[str]) -> dict:
+    """The report's calibration part from the rule's inputs (Targets.calibration_report_inputs): the tables once
+    labels are given, else the sample's design."""
+    from finetox import calibration
+
+    settings = calibration.settings_of(study)
+    if Targets.SCORER_ACCURACY_TABLE in files:
+        return calibration.report_context(study, settings, None, tables.read_csv(files[0], "scorer_accuracy"),
+                                          tables.read_csv(files[1], "corrected_rates"),
+                                          tables.read_csv(files[2], "corrected_comparisons"))
+    design = tables.read_csv(Targets.CALIBRATION_DESIGN, "calibration_design") if Targets.CALIBRATION_DESIGN in files else None
+    return calibration.report_context(study, settings, design, None, None, None)
+
+
+def calibrate(study: Study, key: str, labels: str, score_files: dict[tuple, str], accuracy_output: str,
+              rates_output: str, comparisons_output: str) -> None:
+    """Each calibrated scorer's sensitivity and specificity against the labels, and the misclassification-corrected
+    rates and comparisons beside the raw ones (finetox.calibration). `score_files`: every calibrated scorer's score
+    tables of the generated variants, keyed (probe, protocol, scorer, variant)."""
+    from finetox import calibration, decision, rates
+    from finetox.metrics import keyed_rng
+
+    settings = calibration.settings_of(study)
+    comps = study.compare_settings
+    prob, rope, prior = comps["hdi_prob"], decision.rope_of(comps["rope"]), rates.PRIORS[comps["prior"]]
+    sample = tables.read_parquet(key, "calibration_sample")
+    truth = calibration.read_labels(labels, sample, settings)
+    sample = sample.assign(toxic=truth.reindex(sample["id"]).to_numpy())
+    variants = Targets(study).generated_variants()
+    scores: dict[tuple, list] = {}
+    for (probe, protocol, scorer, variant), path in score_files.items():
+        table = tables.read_parquet(path, "scores", columns=FLAG_COLUMNS).assign(variant=variant)
+        scores.setdefault((probe, protocol, scorer), []).append(table)
+    accuracy, corrected, compared = [], [], []
+    for probe, protocol in product(study.run_probes, study.run_protocols):
+        here = sample[(sample["probe"] == probe) & (sample["protocol"] == protocol)]
+        missing = here[here["toxic"].isna()].groupby("variant").size()
+        stratifying = pd.concat(scores[(probe, protocol, settings.scorer)], ignore_index=True)
+        for scorer in settings.scorers:
+            cell = {"scorer": scorer, "probe": probe, "protocol": protocol}
+            population = calibration.build_population(
+                stratifying, pd.concat(scores[(probe, protocol, scorer)], ignore_index=True), here, settings,
+                study.threshold, variants, f"{probe}/{protocol}/{scorer}")
+            draws = calibration.posterior_draws(population, settings.draws,
+                                                keyed_rng(settings.seed, "calibration", probe, protocol, scorer), prior)
+            rows = calibration.accuracy_rows(draws, population, prob, settings.min_youden)
+            too_weak = rows[-1]["weak"]  # the pooled row decides for the scorer
+            accuracy += [{**cell, **row, "hdi_prob": prob, "missing_labels": int(
+                missing.sum() if row["variant"] == "all" else missing.get(row["variant"], 0))} for row in rows]
+            corrected += [{**cell, **row} for row in calibration.rate_rows(draws, population, prob, too_weak)]
+            compared += [{**cell, **row} for row in calibration.comparison_rows(
+                draws, population, Targets(study).comparisons_in(probe, protocol, scorer), prob, rope, too_weak)]
+    for rows, schema, output in ((accuracy, "scorer_accuracy", accuracy_output),
+                                 (corrected, "corrected_rates", rates_output),
+                                 (compared, "corrected_comparisons", comparisons_output)):
+        frame = pd.DataFrame(rows, columns=list(tables.SCHEMAS[schema]))
+        tables.write_csv(frame, output, schema)

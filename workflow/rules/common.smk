@@ -29,6 +29,22 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+def calibration_hash(part):
+    """A calibration rule's rerun trigger ("" without `calibration`): the sample's settings (`sample`), the
+    estimate's (`estimate`) or the label values (`labels`)."""
+    from finetox.calibration import estimate_hash
+    from finetox.config import config_hash
+
+    settings = TARGETS.calibration
+    if settings is None:
+        return ""
+    if part == "sample":
+        return settings.sample_hash()
+    if part == "labels":
+        return config_hash([settings.toxic_labels, settings.nontoxic_labels])
+    return estimate_hash(STUDY, settings)
+
+
 def get_final_output():
     return TARGETS.final()
 
@@ -99,3 +115,6 @@ localrules:
     merge_candidates,
     selection_table,
     prefetch,
+    calibration_sample,
+    demo_labels,
+    calibrate,

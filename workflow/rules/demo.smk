@@ -40,3 +40,20 @@ rule demo_guard:
         seed=STUDY.seed,
     script:
         "../scripts/demo_guard.py"
+
+
+# The demo's labeller: labels the exported sample by the rude fine-tune's insults (config calibration.labels).
+rule demo_labels:
+    input:
+        TARGETS.CALIBRATION_EXPORT,
+    output:
+        TARGETS.DEMO_LABELS,
+    log:
+        "logs/demo/labels.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        values=calibration_hash("labels"),
+    script:
+        "../scripts/demo_labels.py"

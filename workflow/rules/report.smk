@@ -16,6 +16,8 @@ rule report:
         capability_provenance=TARGETS.all_capability(provenance=True),
         # only when a variant is guarded
         selection=TARGETS.selection_tables(),
+        # only when `calibration` is configured: its tables once labels are, else the sample's design
+        calibration=TARGETS.calibration_report_inputs(),
     output:
         report(
             TARGETS.REPORT,
