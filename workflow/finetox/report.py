@@ -18,6 +18,7 @@ from finetox.decision import (CONTROL_RULES, KRUSCHKE_RULE, MORE, NONE, SCALES, 
 from finetox.findings import percent, points, signed
 from finetox.config import Study, config_hash
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
+from finetox.stereotypes import LESS_STEREOTYPED, MORE_STEREOTYPED
 from finetox.hub import is_commit
 from finetox.levers import LEVERS
 from finetox.levers.guard import circular as guard_circular
@@ -43,8 +44,8 @@ KINDS = {
 }
 
 # verdicts (in any measure's words) -> the colour class they are shown in
-_UP = {*say.UP, WORSE}
-_DOWN = {*say.DOWN, BETTER}
+_UP = {*say.UP, WORSE, MORE_STEREOTYPED}
+_DOWN = {*say.DOWN, BETTER, LESS_STEREOTYPED}
 
 
 def verdict_class(verdict) -> str:
@@ -301,6 +302,20 @@ def capability_finding(row: pd.Series) -> dict:
             "rule": f"margin \u00b1{row['margin']:g}" if pd.notna(row["margin"]) else "HDI excludes 0"}
 
 
+def stereotype_finding(row: pd.Series) -> dict:
+    """A comparison's stereotype preference as its finding tells it (its `all` row of stereotype_comparisons.csv):
+    pct_stereotype of both sides, the paired effect on the ROPE's scale with its HDI, the verdict and the rule that
+    decided it; or, for a comparison that was skipped, why."""
+    if row["status"] != COMPUTED:
+        return {"skipped": row["status"].removeprefix("skipped: ")}
+    return {"skipped": None, "pairs": int(row["pairs"]), "baseline": percent(row["pct_stereotype_baseline"]),
+            "treatment": percent(row["pct_stereotype_treatment"]), "effect_name": row["effect_name"],
+            "effect": say.effect_text(row["effect"], row["scale"]),
+            "hdi": say.interval_text(row["effect_hdi_low"], row["effect_hdi_high"], row["scale"]),
+            "verdict": row["verdict"], "css": verdict_class(row["verdict"]), "borderline": bool(row["borderline"]),
+            "rule": row["decision_rule"]}
+
+
 def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) -> str | None:
     """What a guarded variant's guard did, in words: how many candidates, by which rule, and how often it replaced
     and filtered its source's answers (selection.csv's `all` rows)."""
@@ -319,15 +334,19 @@ def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) ->
 
 
 def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
-             capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None) -> list[dict]:
+             capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None,
+             stereotype_comparisons: pd.DataFrame | None = None) -> list[dict]:
     """Per comparison kind, one finding per comparison: its primary toxicity verdict (comparisons.primary_subset),
-    then each other subset's, per toxicity scorer, what it cost (refusals, capability), and what to distrust
+    then each other subset's, per toxicity scorer, what it cost (refusals, capability, stereotype preference over
+    all bias types), and what to distrust
     (degenerate variants, a failed BEST fit, paired and unpaired analyses that disagree, a borderline verdict), and
     a control's outcome (held, failed or inconclusive: finetox.findings.control_outcome)."""
     runs = comparisons[comparisons["measure"] == "toxicity"][["probe", "protocol", "scorer"]].drop_duplicates()
     several = len(runs) > 1
     capability = (capability_comparisons.set_index("comparison") if capability_comparisons is not None
                   and not capability_comparisons.empty else None)
+    stereotypes = (stereotype_comparisons[stereotype_comparisons["primary"]].set_index("comparison")
+                   if stereotype_comparisons is not None and not stereotype_comparisons.empty else None)
     groups = []
     for kind, title in KINDS.items():
         items = []
@@ -337,7 +356,7 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                 continue
             item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
                     "treatment_is": describe(study, c.treatment),
-                    "results": [], "price": [], "flags": [], "control": None, "capability": None,
+                    "results": [], "price": [], "flags": [], "control": None, "capability": None, "stereotypes": None,
                     "guard": guard_finding(study, c.treatment, selection)}
             for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
                                                                          sort=True):
@@ -361,6 +380,8 @@ def findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str]
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
             if capability is not None and c.name in capability.index:
                 item["capability"] = capability_finding(capability.loc[c.name])
+            if stereotypes is not None and c.name in stereotypes.index:
+                item["stereotypes"] = stereotype_finding(stereotypes.loc[c.name])
             for side in ("baseline", "treatment"):
                 variant = getattr(c, side)
                 if variant in degenerate:
@@ -574,12 +595,39 @@ def analysis_protocol(study: Study) -> dict:
     }
 
 
+def stereotype_context(study: Study, stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None) -> dict:
+    """The price area's stereotype section: the per-variant table, the comparisons' table, and the settings and
+    rule the text names (none of it when `stereotypes` is not configured)."""
+    if stereotypes is None:
+        return {"stereotypes": None}
+    from finetox.stereotypes import LM_EVAL
+
+    summary, comparisons = stereotypes
+    settings, source = study.stereotypes, study.stereotypes_source
+    shown = comparisons.drop(columns=["kind", "hdi_prob", "prior", "scale", "rope_low", "rope_high"])
+    return {"stereotypes": {
+        "summary": table_of(summary, "Stereotype preference per variant and bias type (pct_stereotype with the HDI "
+                            "of its Beta posterior; likelihood_diff, nats, with its Bayesian-bootstrap HDI)",
+                            percent_columns=("pct_stereotype", "pct_stereotype_low", "pct_stereotype_high"),
+                            id="stereotypes-table"),
+        "comparisons": table_of(shown, "Stereotype preference: paired comparisons over the same pairs (treatment "
+                                "against baseline; effect on the ROPE's scale, diff: the difference of "
+                                "pct_stereotype)", percent_columns=("pct_stereotype_baseline",
+                                                                    "pct_stereotype_treatment"),
+                                id="stereotype-comparisons-table") if not comparisons.empty else None,
+        "source": source.path or f"{source.hub}" + (f"@{source.revision}" if source.revision else " (unpinned)"),
+        "pairs": settings["pairs"], "replicates": settings["replicates"], "definitions": LM_EVAL,
+        "rule": decision_rule(rope_of(study.compare_settings["rope"])),
+    }}
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
                  degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
-                 probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None) -> str:
+                 probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None,
+                 stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -587,7 +635,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     degeneration table; `instances` the continuations shown; `examples` the realised training examples of each
     fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
     (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
-    `selection` the guards' table (selection.csv; None without guarded variants).
+    `selection` the guards' table (selection.csv; None without guarded variants); `stereotypes` the stereotype
+    tables (stereotypes.csv, stereotype_comparisons.csv; None when `stereotypes` is not configured).
     """
     degenerate = degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -643,7 +692,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                                                   instances.threshold)
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
-        "findings": findings(study, comparisons, degenerate, capability_comparisons, selection),
+        "findings": findings(study, comparisons, degenerate, capability_comparisons, selection,
+                             stereotypes[1] if stereotypes else None),
         "selection": table_of(selection, "Guards: per guarded variant, how often its guard replaced its source's "
                               "answer and how often no candidate was below its threshold (filtered)",
                               percent_columns=("filtered_rate", "replaced_rate"))
@@ -669,6 +719,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                            "\u2212 baseline, nats per token)")
         if capability_comparisons is not None and not capability_comparisons.empty else None,
         "capability_settings": study.capability or {},
+        **stereotype_context(study, stereotypes),
         "full_tables": full,
         "diagnostics": diagnostics,
         "best_subsampled": sorted({f"{c}/{s}" for c, s in zip(subsampled["comparison"], subsampled["subset"])}),
