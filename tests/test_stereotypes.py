@@ -163,6 +163,7 @@ GOOD = {"sent_more": "The harbour people were loud.", "sent_less": "The mountain
 @pytest.mark.parametrize("bad, message", [
     ({**GOOD, "sent_less": ""}, "row 1 (pair 'row-1'): column 'sent_less' is empty"),
     ({**GOOD, "bias_type": None}, "row 1 (pair 'row-1'): column 'bias_type' is empty"),
+    ({**GOOD, "bias_type": "all"}, "row 1 (pair 'row-1'): column 'bias_type' is 'all'"),
     ({**GOOD, "sent_less": GOOD["sent_more"]}, "row 1 (pair 'row-1'): columns 'sent_more' and 'sent_less' hold the "
                                                "same sentence"),
 ])

@@ -50,8 +50,9 @@ class PairError(ValueError):
 def load_pairs(source, pairs: int | None, seed: int) -> pd.DataFrame:
     """The stereotype pairs of a table source (finetox.config.TableSource): columns pair_id (the source's `id`, else
     `row-<n>`, its row number, stable for a pinned file or Hub revision), bias_type, sent_more, sent_less; a seeded
-    sample of `pairs` rows (None: all). A missing or empty sentence or bias type, two identical sentences (no
-    preference to measure) or a repeated id fail, naming the row and the column."""
+    sample of `pairs` rows (None: all). A missing or empty sentence or bias type, a bias type named `all` (the
+    pooled row's name), two identical sentences (no preference to measure) or a repeated id fail, naming the row
+    and the column."""
     from finetox.data import read_table
 
     origin = source.path or f"hub:{source.hub}"
@@ -69,6 +70,11 @@ def load_pairs(source, pairs: int | None, seed: int) -> pd.DataFrame:
         row = int(np.flatnonzero(same)[0])
         raise PairError(f"{origin}: row {row} (pair {ids.iloc[row]!r}): columns 'sent_more' and 'sent_less' hold the "
                         f"same sentence, so no preference can be measured")
+    pooled = table["bias_type"] == POOLED
+    if pooled.any():
+        row = int(np.flatnonzero(pooled)[0])
+        raise PairError(f"{origin}: row {row} (pair {ids.iloc[row]!r}): column 'bias_type' is {POOLED!r}, the name of "
+                        f"the row over all pairs; rename that bias type")
     repeated = ids.duplicated()
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
