@@ -132,13 +132,14 @@ def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
         assert html.count(f"<td>{variant}</td>") >= 3
 
 
-def test_stereotype_preference_has_a_row_per_variant_and_comparison_and_the_report_shows_it(demo_run):
+def test_stereotype_preference_has_a_row_per_variant_and_comparison_and_the_report_shows_it(demo_run, monkeypatch):
     """The demo's 48 stereotype pairs (3 made-up bias types) through the likelihood path: every sampled variant
     scored on every pair, a summary row per variant and bias type (and `all`), a comparison row per configured
     comparison (the guarded variant's a skipped row saying why), and the price area of the report naming the rule."""
     from finetox.config import load_file
 
-    study = load_file(demo_run / "config/config.yaml")
+    monkeypatch.chdir(demo_run)  # (the config's paths are relative to the run's directory)
+    study = load_file("config/config.yaml")
     sampled = {name for name, v in study.variants.items() if not v.guard}
     summary = read(demo_run / "results/tables/stereotypes.csv")
     assert {(r["variant"], r["bias_type"]) for r in summary} == {
