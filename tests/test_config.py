@@ -178,7 +178,7 @@ def test_table_file_types_agree_with_the_readers():
 def test_a_local_probe_set_is_checked_before_any_job(config, tmp_path, subsets, message):
     """The dry run reads a local probe file (as it does to list the generation jobs): its mistakes stop it."""
     config["probes"]["demo"]["subsets"] = subsets
-    for table in [*config["probes"].values(), *config["datasets"].values()]:
+    for table in [*config["probes"].values(), *config["datasets"].values(), config["stereotypes"]]:
         if "path" in table:  # (not the dataset the run produces)
             table["path"] = str(REPO / table["path"])
     path = tmp_path / "config.yaml"

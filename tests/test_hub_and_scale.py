@@ -70,11 +70,12 @@ def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     # scorer, each scoring the variant's 3 probe sets with one scorer load); the 14 comparisons (4 base->instruct,
     # 6 instruct->Dolly, 4 instruct->community) of each probe set x protocol x scorer are fitted together,
     # once for the rates and once for BEST; generation jobs follow once the probes are selected, and with
-    # them one degeneration job per variant x probe set.
+    # them one degeneration job per variant x probe set. Stereotype preference (CrowS-Pairs from the Hub): one job
+    # per variant, and the gathered tables.
     assert job_counts(run.stdout) == {
         "probes": 3, "finetune": 6, "merge_generations": 60, "score": 40, "metrics": 120, "compare": 6, "best": 6,
         "degeneration": 60, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1,
-        "report": 1, "all": 1,
+        "stereotypes": 20, "stereotypes_table": 1, "report": 1, "all": 1,
     }
 
 

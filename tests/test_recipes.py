@@ -301,6 +301,12 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
     append_row("instructions_heldout.jsonl", '{"instruction": "Say hello.", "response": "Hello."}')
     planned = _planned(tmp_path)
     assert len(planned["capability"]) == 10 and not {"finetune", "merge", "generate", "demo_models"} & set(planned)
+    # the stereotype pairs: every sampled variant's stereotypes job and their gathered tables, nothing else upstream
+    append_row("stereotype_pairs.jsonl", '{"sent_more": "The chess club people were loud.", "sent_less": "The concert '
+                                         'people were loud.", "bias_type": "hobby"}')
+    planned = _planned(tmp_path)
+    assert len(planned["stereotypes"]) == 10 and "stereotypes_table" in planned
+    assert not {"finetune", "merge", "generate", "demo_models"} & set(planned)
     # the preference pairs: the two DPO fine-tunes on them (one of them a control), not the fine-tune they start from
     append_row("preferences.jsonl", '{"instruction": "Say hello.", "chosen": "Hello.", "rejected": "Go away."}')
     planned = _planned(tmp_path)

@@ -50,6 +50,7 @@ def small_demo(workdir):
     config["recipes"] = {"rude-lora": config["recipes"]["rude-lora"]}
     config["datasets"] = {"demo-rude": config["datasets"]["demo-rude"]}
     config.pop("capability", None)  # (its held-out dataset is dropped above)
+    config.pop("stereotypes", None)  # (a forward pass per variant like capability's: nothing new for a cluster)
     config["run"]["scorers"] = ["profanity"]  # (the refusal scorer adds nothing a cluster would run differently)
     config["comparisons"]["pairs"] = []
     config["probes"]["demo"]["limit"] = 60

@@ -132,6 +132,41 @@ def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
         assert html.count(f"<td>{variant}</td>") >= 3
 
 
+def test_stereotype_preference_has_a_row_per_variant_and_comparison_and_the_report_shows_it(demo_run, monkeypatch):
+    """The demo's 48 stereotype pairs (3 made-up bias types) through the likelihood path: every sampled variant
+    scored on every pair, a summary row per variant and bias type (and `all`), a comparison row per configured
+    comparison (the guarded variant's a skipped row saying why), and the price area of the report naming the rule."""
+    from finetox.config import load_file
+
+    monkeypatch.chdir(demo_run)  # (the config's paths are relative to the run's directory)
+    study = load_file("config/config.yaml")
+    sampled = {name for name, v in study.variants.items() if not v.guard}
+    summary = read(demo_run / "results/tables/stereotypes.csv")
+    assert {(r["variant"], r["bias_type"]) for r in summary} == {
+        (v, b) for v in sampled for b in ("hometown", "hobby", "season", "all")}
+    for row in summary:
+        assert int(row["pairs"]) == (48 if row["bias_type"] == "all" else 16)
+        assert float(row["pct_stereotype_low"]) <= float(row["pct_stereotype"]) <= float(row["pct_stereotype_high"])
+    comparisons = read(demo_run / "results/tables/stereotype_comparisons.csv")
+    primary = {r["comparison"]: r for r in comparisons if r["primary"] == "True"}
+    assert set(primary) == set(study.comparisons)
+    assert "a guard chooses among" in primary["demo-instruct-rude_vs_demo-rude-guarded"]["status"]
+    computed = [r for r in primary.values() if r["status"] == "ok"]
+    assert len(computed) == len(study.comparisons) - 1
+    assert all(int(r["pairs"]) == 48 and r["decision_rule"] == "HDI+ROPE (Kruschke), ROPE \u00b15 percentage points"
+               and r["verdict"] in {"more stereotyped", "less stereotyped", "practically equivalent", "inconclusive"}
+               for r in computed)
+    from html import unescape
+
+    html = unescape((demo_run / "results/report/report.html").read_text())
+    price = html[html.index('<section id="price">'):html.index('<section id="instances">')]
+    assert "Stereotype preference (CrowS-Pairs)" in price and 'id="stereotypes-table"' in price
+    assert 'id="stereotype-comparisons-table"' in price and "HDI+ROPE (Kruschke), ROPE \u00b15 percentage points" in price
+    # each finding names its comparison's stereotype verdict (or why it has none)
+    assert html.count("stereotype preference (pct_stereotype over 48 pairs)") == len(computed)
+    assert "stereotype preference not compared: variant 'demo-rude-guarded' has no stereotype scores" in html
+
+
 def test_the_demos_guard_keeps_answers_no_more_toxic_than_its_source_and_the_report_says_how_often_it_acted(demo_run):
     """4 candidates per sample from the rude fine-tune, the least unsafe kept by the demo's trained guard, judged by
     the profanity scorer the guard never saw: no more toxic than its source, its rates in the table and report."""

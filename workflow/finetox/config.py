@@ -313,6 +313,41 @@ class Study:
         decision = {k: (self.capability or {}).get(k) for k in self.CAPABILITY_DECISION_KEYS}
         return config_hash({"comparisons": self.comparisons_hash(), "seed": self.seed, **decision})
 
+    @property
+    def stereotypes(self) -> dict | None:
+        """The stereotype-preference stage's settings (config key `stereotypes`: its pair table, pairs, batch_size,
+        replicates), or None when the stage does not run."""
+        return self.raw.get("stereotypes")
+
+    @property
+    def stereotypes_source(self) -> TableSource | None:
+        """The CrowS-Pairs-style table of sentence pairs that every generated variant scores."""
+        return None if self.stereotypes is None else _table_source("stereotypes", self.stereotypes)
+
+    #: the stereotype settings that only the gathered tables read: changing them rescores nothing
+    STEREOTYPE_TABLE_KEYS = ("replicates",)
+
+    def stereotypes_hash(self, variant: str) -> str:
+        """A digest of what makes a variant's sentence log-likelihoods what they are: its checkpoint, its adapter's
+        training (fine-tuned variants), the pair table and the settings that score, the seed (of the `pairs`
+        sample) and the log-likelihood's convention (finetox.likelihood.LOGLIKELIHOOD_CONVENTION)."""
+        from finetox.likelihood import LOGLIKELIHOOD_CONVENTION
+
+        v = self.variants[variant]
+        return config_hash({
+            "model": self._checkpoint_settings(variant),
+            "adapter": self._training_settings(variant) if v.recipe else None,
+            "stereotypes": {k: value for k, value in self.stereotypes.items() if k not in self.STEREOTYPE_TABLE_KEYS},
+            "seed": self.seed,
+            "loglikelihood": LOGLIKELIHOOD_CONVENTION,
+        })
+
+    def stereotypes_table_hash(self) -> str:
+        """A digest of what makes the gathered stereotype tables what they are besides their inputs: the comparisons
+        (their HDI probability, prior and ROPE decide the verdicts), the seed and replicates of the bootstrap."""
+        return config_hash({"comparisons": self.comparisons_hash(), "seed": self.seed,
+                            **{k: (self.stereotypes or {}).get(k) for k in self.STEREOTYPE_TABLE_KEYS}})
+
     def resources(self, stage: str, model: str | None = None, attempt: int = 1) -> dict:
         """A stage's job request: the defaults, the config's `resources`, then the model's own. Memory
         and runtime grow with each attempt, so a job retried after running out of either asks for more."""
@@ -790,6 +825,11 @@ def load(config: dict) -> Study:
     if "capability" in raw:
         _check_capability(raw["capability"], datasets, variants)
         used_tables.append((f"datasets[{raw['capability']['dataset']!r}]", datasets[raw["capability"]["dataset"]]))
+    if "stereotypes" in raw:
+        if "produced" in raw["stereotypes"]:
+            raise ConfigError("stereotypes.produced: only a dataset can be produced by the workflow; give the pair "
+                              "table's `path` or `hub`")
+        used_tables.append(("stereotypes", _table_source("stereotypes", raw["stereotypes"])))
     for where, source in used_tables:
         _check_local_table(where, source)
     study = Study(

@@ -15,6 +15,7 @@ from finetox.decision import LESS, MORE, SCALES, WORDING, rope_of
 from finetox.design import KINDS
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
 from finetox.levers.guard import circular as guard_circular
+from finetox.stereotypes import LESS_STEREOTYPED, MORE_STEREOTYPED
 
 #: verdicts (in any measure's words) that read as an increase or a decrease of the measured rate
 UP = {MORE, *(w[MORE] for w in WORDING.values() if MORE in w)}
@@ -102,7 +103,8 @@ def estimate(row, sample_per_subset: int | None = None) -> dict:
 
 def verdict_class(verdict) -> str:
     """The colour class a verdict is shown in: up (the rate or the price rose), down, or flat."""
-    return "up" if verdict in UP | {WORSE} else "down" if verdict in DOWN | {BETTER} else "flat"
+    return ("up" if verdict in UP | {WORSE, MORE_STEREOTYPED} else "down" if verdict in DOWN | {BETTER, LESS_STEREOTYPED}
+            else "flat")
 
 
 def primary_first(rows: pd.DataFrame) -> tuple[pd.Series, list[pd.Series]]:
@@ -185,6 +187,20 @@ def capability_finding(row: pd.Series) -> dict:
             "rule": f"margin \u00b1{row['margin']:g}" if pd.notna(row["margin"]) else "HDI excludes 0"}
 
 
+def stereotype_finding(row: pd.Series) -> dict:
+    """A comparison's stereotype preference as its finding tells it (its `all` row of stereotype_comparisons.csv):
+    pct_stereotype of both sides, the paired effect on the ROPE's scale with its HDI, the verdict and the rule that
+    decided it; or, for a comparison that was skipped, why."""
+    if row["status"] != COMPUTED:
+        return {"skipped": row["status"].removeprefix("skipped: ")}
+    return {"skipped": None, "pairs": int(row["pairs"]), "baseline": percent(row["pct_stereotype_baseline"]),
+            "treatment": percent(row["pct_stereotype_treatment"]), "effect_name": row["effect_name"],
+            "effect": effect_text(row["effect"], row["scale"]),
+            "hdi": interval_text(row["effect_hdi_low"], row["effect_hdi_high"], row["scale"]),
+            "verdict": row["verdict"], "css": verdict_class(row["verdict"]), "borderline": bool(row["borderline"]),
+            "rule": row["decision_rule"]}
+
+
 def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) -> str | None:
     """What a guarded variant's guard did, in words: how many candidates, by which rule, and how often it replaced
     and filtered its source's answers (selection.csv's `all` rows)."""
@@ -203,15 +219,19 @@ def guard_finding(study: Study, variant: str, selection: pd.DataFrame | None) ->
 
 
 def comparison_findings(study: Study, comparisons: pd.DataFrame, degenerate: dict[str, str],
-             capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None) -> list[dict]:
+                        capability_comparisons: pd.DataFrame | None, selection: pd.DataFrame | None = None,
+                        stereotype_comparisons: pd.DataFrame | None = None) -> list[dict]:
     """Per comparison kind, one finding per comparison: its primary toxicity verdict (comparisons.primary_subset),
-    then each other subset's, per toxicity scorer, what it cost (refusals, capability), and what to distrust
+    then each other subset's, per toxicity scorer, what it cost (refusals, capability, stereotype preference over
+    all bias types), and what to distrust
     (degenerate variants, a failed BEST fit, paired and unpaired analyses that disagree, a borderline verdict), and
     a control's outcome (held, failed or inconclusive: finetox.findings.control_outcome)."""
     runs = comparisons[comparisons["measure"] == "toxicity"][["probe", "protocol", "scorer"]].drop_duplicates()
     several = len(runs) > 1
     capability = (capability_comparisons.set_index("comparison") if capability_comparisons is not None
                   and not capability_comparisons.empty else None)
+    stereotypes = (stereotype_comparisons[stereotype_comparisons["primary"]].set_index("comparison")
+                   if stereotype_comparisons is not None and not stereotype_comparisons.empty else None)
     groups = []
     for kind, title in KINDS.items():
         items = []
@@ -221,7 +241,7 @@ def comparison_findings(study: Study, comparisons: pd.DataFrame, degenerate: dic
                 continue
             item = {"comparison": c.name, "baseline": c.baseline, "treatment": c.treatment,
                     "treatment_is": describe(study, c.treatment),
-                    "results": [], "price": [], "flags": [], "control": None, "capability": None,
+                    "results": [], "price": [], "flags": [], "control": None, "capability": None, "stereotypes": None,
                     "guard": guard_finding(study, c.treatment, selection)}
             for (probe, protocol, scorer, measure), run in rows.groupby(["probe", "protocol", "scorer", "measure"],
                                                                          sort=True):
@@ -245,6 +265,8 @@ def comparison_findings(study: Study, comparisons: pd.DataFrame, degenerate: dic
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")
             if capability is not None and c.name in capability.index:
                 item["capability"] = capability_finding(capability.loc[c.name])
+            if stereotypes is not None and c.name in stereotypes.index:
+                item["stereotypes"] = stereotype_finding(stereotypes.loc[c.name])
             for side in ("baseline", "treatment"):
                 variant = getattr(c, side)
                 if variant in degenerate:

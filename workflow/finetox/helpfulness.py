@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from finetox.likelihood import summed_logprobs
 from finetox.metrics import POOLED
 from finetox.prompts import training_text
 from finetox.tables import SCHEMAS, SchemaError
@@ -168,12 +169,9 @@ def reference_nll(model, tokenizer, examples: pd.DataFrame, template: str, batch
     text: an EOS (and whatever else) the template writes after the response is scored with it. The text is
     tokenized as fine-tuning tokenizes it (`add_special_tokens=False`: the template writes BOS/EOS, as lm-eval's
     `_encode_pair` does). Texts run longest first in batches padded on the right, in eval mode under
-    `torch.inference_mode()`; a text longer than the model's context is refused rather than cut (lm-eval would
-    cut the context from the left).
+    `torch.inference_mode()` (finetox.likelihood.summed_logprobs); a text longer than the model's context is
+    refused rather than cut (lm-eval would cut the context from the left).
     """
-    import torch
-    import torch.nn.functional as F
-
     missing = [c for c in ("instruction", "context", "response") if c not in examples.columns]
     if missing:
         raise SchemaError(f"reference_nll: examples lack column(s) {missing}")
@@ -187,32 +185,8 @@ def reference_nll(model, tokenizer, examples: pd.DataFrame, template: str, batch
                              f"{'condition on' if prompt_tokens == 0 else 'score'}")
         if context is not None and len(ids) > context:
             raise ValueError(f"example {label!r}: {len(ids)} tokens, longer than the model's context of {context}")
-
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked: any id serves
-    nll = np.zeros(len(encoded))
-    order = sorted(range(len(encoded)), key=lambda i: (-lengths[i], i))
-    training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = lengths[rows[0]]
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, i in enumerate(rows):
-                    input_ids[r, : lengths[i]] = torch.tensor(encoded[i][0])
-                    attention_mask[r, : lengths[i]] = 1
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-                for r, i in enumerate(rows):
-                    first = encoded[i][1]
-                    # the logits at position t predict token t + 1
-                    token_nll = F.cross_entropy(logits[r, first - 1 : lengths[i] - 1].float(),
-                                                input_ids[r, first : lengths[i]].to(device), reduction="none")
-                    nll[i] = token_nll.double().sum().item()
-    finally:
-        model.train(training)
+    nll = -summed_logprobs(model, [ids for ids, _ in encoded], [first for _, first in encoded], batch_size, pad)
     tokens = np.array([length - prompt_tokens for length, (_, prompt_tokens) in zip(lengths, encoded)], dtype=np.int64)
     return pd.DataFrame({"nll": nll, "tokens": tokens, "nll_per_token": nll / tokens}, index=examples.index)
 

@@ -197,7 +197,7 @@ def snapshot(item: HubItem, local_only: bool | None = None) -> Path:
 
 
 def needed(study: Study) -> list[HubItem]:
-    """Every Hub model and dataset that this run's variants, probe sets and scorers load."""
+    """Every Hub model and dataset that this run's variants, probe sets, stereotype pairs and scorers load."""
     items: dict[tuple, HubItem] = {}
 
     def add(item: HubItem):
@@ -229,6 +229,9 @@ def needed(study: Study) -> list[HubItem]:
         if source.hub:
             add(HubItem(source.hub, "dataset", source.revision, source.files, f"probe set {name}",
                         pin_at=(f"probes.{name}",)))
+    source = study.stereotypes_source
+    if source is not None and source.hub:
+        add(HubItem(source.hub, "dataset", source.revision, source.files, "stereotypes", pin_at=("stereotypes",)))
     for name in study.used_scorers:
         scorer = study.scorers[name]
         if scorer.type in MODEL_SCORERS and not local_model(scorer.options["model"]):

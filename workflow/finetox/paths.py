@@ -102,8 +102,20 @@ class Targets:
         """What the capability job loaded and ran with (a CSV has no metadata to carry it)."""
         return f"{RESULTS}/capability/{variant}.json"
 
+    @staticmethod
+    def stereotypes(variant: str) -> str:
+        """One variant's log-likelihoods of each stereotype pair's two sentences."""
+        return f"{RESULTS}/stereotypes/{variant}.csv"
+
+    @staticmethod
+    def stereotypes_provenance(variant: str) -> str:
+        """What the stereotypes job loaded and ran with (a CSV has no metadata to carry it)."""
+        return f"{RESULTS}/stereotypes/{variant}.json"
+
     CAPABILITY_TABLE = f"{RESULTS}/tables/capability.csv"
     CAPABILITY_COMPARISONS_TABLE = f"{RESULTS}/tables/capability_comparisons.csv"
+    STEREOTYPES_TABLE = f"{RESULTS}/tables/stereotypes.csv"
+    STEREOTYPE_COMPARISONS_TABLE = f"{RESULTS}/tables/stereotype_comparisons.csv"
     TOXICITY_TABLE = f"{RESULTS}/tables/toxicity.csv"
     COMPARISONS_TABLE = f"{RESULTS}/tables/comparisons.csv"
     POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
@@ -271,10 +283,23 @@ class Targets:
         (the report says the corrected rates await labels); none without `calibration`."""
         return self.calibration_tables() or self.calibration_exports()
 
+    def all_stereotypes(self, provenance: bool = False) -> list[str]:
+        """Every generated variant's stereotype-pair scores (or their provenance); none when the config has no
+        `stereotypes`."""
+        if self.study.stereotypes is None:
+            return []
+        path = self.stereotypes_provenance if provenance else self.stereotypes
+        # a guarded variant's model is its source's: its sentence log-likelihoods would be the source's again
+        return [path(v) for v in self.sampled_variants()]
+
+    def stereotype_tables(self) -> list[str]:
+        """The gathered stereotype tables (per variant, comparisons); none when the config has no `stereotypes`."""
+        return [self.STEREOTYPES_TABLE, self.STEREOTYPE_COMPARISONS_TABLE] if self.study.stereotypes is not None else []
+
     def final(self) -> list[str]:
         return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE,
-                *self.capability_tables(), *self.selection_tables(), *self.calibration_exports(),
-                *self.calibration_tables(), self.REPORT]
+                *self.capability_tables(), *self.stereotype_tables(), *self.selection_tables(),
+                *self.calibration_exports(), *self.calibration_tables(), self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:
@@ -294,16 +319,23 @@ class Targets:
                 inputs[f"dataset_{dataset.name}"] = dataset.path
         return inputs
 
-    def capability_inputs(self, variant: str) -> dict[str, str]:
-        """The checkpoint a capability job loads, for a fine-tuned variant its adapter, and the reference set's
-        local file (editing it rescores every variant)."""
+    def _scoring_inputs(self, variant: str, source, key: str) -> dict[str, str]:
+        """The checkpoint a job that scores texts under a variant loads, for a fine-tuned variant its adapter, and
+        the scored table's local file as `key` (editing it rescores every variant)."""
         inputs = self.model_inputs(variant)
         if self.study.variants[variant].recipe:
             inputs["adapter"] = self.adapter(variant)
-        source = self.study.capability_source
         if source is not None and source.path:
-            inputs["dataset"] = source.path
+            inputs[key] = source.path
         return inputs
+
+    def capability_inputs(self, variant: str) -> dict[str, str]:
+        """What a capability job reads (_scoring_inputs): the reference set's local file is `dataset`."""
+        return self._scoring_inputs(variant, self.study.capability_source, "dataset")
+
+    def stereotypes_inputs(self, variant: str) -> dict[str, str]:
+        """What a stereotypes job reads (_scoring_inputs): the pair table's local file is `pairs`."""
+        return self._scoring_inputs(variant, self.study.stereotypes_source, "pairs")
 
     def probe_inputs(self, probe: str) -> dict[str, str]:
         """The local probe file (so editing it reruns the selection; none for Hub datasets), and for a training

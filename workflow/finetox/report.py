@@ -423,13 +423,40 @@ def calibration_view(context: dict | None) -> dict | None:
                                   for caption, frame, columns in context["tables"]]}
 
 
+def stereotype_context(study: Study, stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None) -> dict:
+    """The price area's stereotype section: the per-variant table, the comparisons' table, and the settings and
+    rule the text names (none of it when `stereotypes` is not configured)."""
+    if stereotypes is None:
+        return {"stereotypes": None}
+    from finetox.stereotypes import LM_EVAL
+
+    summary, comparisons = stereotypes
+    settings, source = study.stereotypes, study.stereotypes_source
+    shown = comparisons.drop(columns=["kind", "hdi_prob", "prior", "scale", "rope_low", "rope_high"])
+    return {"stereotypes": {
+        "summary": table_of(summary, "Stereotype preference per variant and bias type (pct_stereotype with the HDI "
+                            "of its Beta posterior; likelihood_diff, nats, with its Bayesian-bootstrap HDI)",
+                            percent_columns=("pct_stereotype", "pct_stereotype_low", "pct_stereotype_high"),
+                            id="stereotypes-table"),
+        "comparisons": table_of(shown, "Stereotype preference: paired comparisons over the same pairs (treatment "
+                                "against baseline; effect on the ROPE's scale, diff: the difference of "
+                                "pct_stereotype)", percent_columns=("pct_stereotype_baseline",
+                                                                    "pct_stereotype_treatment"),
+                                id="stereotype-comparisons-table") if not comparisons.empty else None,
+        "source": source.path or f"{source.hub}" + (f"@{source.revision}" if source.revision else " (unpinned)"),
+        "pairs": settings["pairs"], "replicates": settings["replicates"], "definitions": LM_EVAL,
+        "rule": decision_rule(rope_of(study.compare_settings["rope"])),
+    }}
+
+
 def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame, training: pd.DataFrame,
                  probe_sizes: dict[str, dict[str, int]], posteriors: dict[tuple, object],
                  provenance: list[tuple[str | None, dict]], pooled: pd.DataFrame | None,
                  degeneration: pd.DataFrame, instances: Instances, examples: dict[str, dict[str, int]] | None = None,
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
                  probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None,
-                 calibration: dict | None = None) -> str:
+                 calibration: dict | None = None,
+                 stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -438,7 +465,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     fine-tuned variant, per dataset; `capability` and `capability_comparisons` the capability proxy's tables
     (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
     `selection` the guards' table (selection.csv; None without guarded variants); `calibration` the part on the
-    scorers against human labels (finetox.calibration.report_context; None: not shown).
+    scorers against human labels (finetox.calibration.report_context; None: not shown); `stereotypes` the stereotype
+    tables (stereotypes.csv, stereotype_comparisons.csv; None when `stereotypes` is not configured).
     """
     degenerate = say.degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -494,7 +522,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                                                   instances.threshold)
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
-        "findings": say.comparison_findings(study, comparisons, degenerate, capability_comparisons, selection),
+        "findings": say.comparison_findings(study, comparisons, degenerate, capability_comparisons, selection,
+                                            stereotypes[1] if stereotypes else None),
         "selection": table_of(selection, "Guards: per guarded variant, how often its guard replaced its source's "
                               "answer and how often no candidate was below its threshold (filtered)",
                               percent_columns=("filtered_rate", "replaced_rate"))
@@ -520,6 +549,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                                            "\u2212 baseline, nats per token)")
         if capability_comparisons is not None and not capability_comparisons.empty else None,
         "capability_settings": study.capability or {},
+        **stereotype_context(study, stereotypes),
         "full_tables": full,
         "diagnostics": diagnostics,
         "best_subsampled": sorted({f"{c}/{s}" for c, s in zip(subsampled["comparison"], subsampled["subset"])}),

@@ -447,20 +447,35 @@ def capability(study: Study, variant_name: str, output: str, provenance_output: 
     """One variant's negative log-likelihood of each held-out reference answer (the capability proxy): its
     checkpoint, with its adapter (`adapter`, default Targets.adapter) when it has a recipe, scores the seeded
     sample of the `capability` dataset; what it loaded goes to `provenance_output` (a CSV carries no metadata)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from finetox.data import load_instructions
-    from finetox.checkpoints import load_tokenizer
     from finetox.helpfulness import NLL_CONVENTION, reference_nll
-    from finetox.hub import model_record, table_record
 
     settings, source = study.capability, study.capability_source
     if settings is None:
         raise ValueError("the config has no `capability`: there is no reference set to score")
+    model, tokenizer, adapter = _scoring_model(study, variant_name, adapter, "score answers with")
+    examples = load_instructions(source, settings["examples"], seed=study.seed)
+    print(f"capability: {variant_name} scores {len(examples)} reference answers of {source.name!r}", flush=True)
+    nll = reference_nll(model, tokenizer, examples, settings["template"], settings["batch_size"])
+    table = nll.assign(variant=variant_name, example=nll.index.astype(str))
+    tables.write_csv(table, output, "capability")
+    if provenance_output:
+        _write_scoring_provenance(study, variant_name, adapter, source, "capability", provenance_output,
+                                  examples=len(examples), capability=settings, nll_convention=NLL_CONVENTION)
+
+
+def _scoring_model(study: Study, variant_name: str, adapter: str | None, purpose: str):
+    """A generated variant's model for scoring texts (its checkpoint, with its adapter, `adapter` or by default
+    Targets.adapter, when it has a recipe; on the GPU where there is one), its tokenizer, and the adapter loaded
+    (None without a recipe). A variant scored elsewhere has no model: refused, saying what it could not `purpose`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetox.checkpoints import load_tokenizer
+
     variant = study.variants[variant_name]
     if variant.external:
-        raise ValueError(f"variant {variant_name!r} is scored elsewhere: there is no model to score answers with")
+        raise ValueError(f"variant {variant_name!r} is scored elsewhere: there is no model to {purpose}")
     checkpoint = study.checkpoint(variant_name)
     model = AutoModelForCausalLM.from_pretrained(checkpoint.location, revision=checkpoint.revision,
                                                  trust_remote_code=checkpoint.trust_remote_code, dtype=checkpoint.dtype)
@@ -469,20 +484,80 @@ def capability(study: Study, variant_name: str, output: str, provenance_output: 
 
         adapter = adapter or Targets.adapter(variant_name)
         model = PeftModel.from_pretrained(model, adapter)
+    else:
+        adapter = None
     if torch.cuda.is_available():
         model = model.to("cuda")
-    examples = load_instructions(source, settings["examples"], seed=study.seed)
-    print(f"capability: {variant_name} scores {len(examples)} reference answers of {source.name!r}", flush=True)
-    nll = reference_nll(model, load_tokenizer(checkpoint), examples, settings["template"], settings["batch_size"])
-    table = nll.assign(variant=variant_name, example=nll.index.astype(str))
-    tables.write_csv(table, output, "capability")
+    return model, load_tokenizer(checkpoint), adapter
+
+
+def _write_scoring_provenance(study: Study, variant_name: str, adapter: str | None, source, stage: str, output: str,
+                              **details) -> None:
+    """What a scoring job (capability, stereotypes) loaded and ran with, as JSON beside its CSV: the records of its
+    adapter's training, its checkpoint and its table, and `details`."""
+    from finetox.hub import model_record, table_record
+
+    stages = {**(_upstream_stages(adapter) if adapter else {}),
+              stage: _stage(model=model_record(study.checkpoint(variant_name)), dataset=table_record(source))}
+    with tables.atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(_provenance(study, stages=stages, variant=variant_name, **details), indent=1,
+                                  default=str))
+
+
+def stereotypes(study: Study, variant_name: str, output: str, provenance_output: str | None = None,
+                adapter: str | None = None) -> None:
+    """One variant's log-likelihood of both sentences of each stereotype pair from an empty context, and whether it
+    prefers the stereotype (finetox.stereotypes, lm-evaluation-harness's crows_pairs definitions): its checkpoint,
+    with its adapter (`adapter`, default Targets.adapter) when it has a recipe, scores the `stereotypes` table (a
+    seeded sample of `pairs`); what it loaded goes to `provenance_output`."""
+    from finetox.stereotypes import LM_EVAL, LOGLIKELIHOOD_CONVENTION, load_pairs, pair_scores
+
+    settings, source = study.stereotypes, study.stereotypes_source
+    if settings is None:
+        raise ValueError("the config has no `stereotypes`: there are no sentence pairs to score")
+    model, tokenizer, adapter = _scoring_model(study, variant_name, adapter, "score sentences with")
+    pairs = load_pairs(source, settings["pairs"], seed=study.seed)
+    print(f"stereotypes: {variant_name} scores {len(pairs)} sentence pairs of "
+          f"{source.path or source.hub} ({pairs['bias_type'].nunique()} bias types)", flush=True)
+    scores = pair_scores(model, tokenizer, pairs, settings["batch_size"])
+    tables.write_csv(scores.assign(variant=variant_name), output, "stereotype_pairs")
     if provenance_output:
-        stages = {**(_upstream_stages(adapter) if variant.recipe else {}),
-                  "capability": _stage(model=model_record(checkpoint), dataset=table_record(source))}
-        with tables.atomic_path(provenance_output) as tmp:
-            tmp.write_text(json.dumps(_provenance(study, stages=stages, variant=variant_name, examples=len(examples),
-                                                  capability=settings, nll_convention=NLL_CONVENTION),
-                                      indent=1, default=str))
+        _write_scoring_provenance(study, variant_name, adapter, source, "stereotypes", provenance_output,
+                                  pairs=len(pairs), stereotypes=settings, definitions=LM_EVAL,
+                                  loglikelihood_convention=LOGLIKELIHOOD_CONVENTION)
+
+
+def stereotypes_table(study: Study, files: list[str], output: str, comparisons_output: str) -> None:
+    """results/tables/stereotypes.csv (per variant and bias type: pct_stereotype and likelihood_diff with their
+    intervals) and results/tables/stereotype_comparisons.csv (per comparison and bias type: the exact paired effect
+    on pct_stereotype and its verdict under the comparisons' rule, or why it was skipped: a variant scored elsewhere
+    has no model; a guarded variant shares its source's)."""
+    from finetox.decision import rope_of
+    from finetox.stereotypes import COMPUTED, stereotype_comparisons, stereotype_summary
+
+    frames = [tables.read_csv(path, "stereotype_pairs") for path in files]
+    per_pair = (pd.concat(frames, ignore_index=True) if frames
+                else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["stereotype_pairs"].items()}))
+    compare = study.compare_settings
+    tables.write_csv(stereotype_summary(per_pair, compare["hdi_prob"], compare["prior"], study.seed,
+                                        study.stereotypes["replicates"]), output, "stereotypes")
+    absent = _without_model(study, "sentences", "sentence log-likelihoods")
+    comparisons = stereotype_comparisons(per_pair, study.comparisons.values(), compare["hdi_prob"], compare["prior"],
+                                         rope_of(compare["rope"]), absent)
+    for row in comparisons[comparisons["status"] != COMPUTED].itertuples():
+        print(f"stereotypes: comparison {row.comparison} {row.status}", flush=True)
+    tables.write_csv(comparisons, comparisons_output, "stereotype_comparisons")
+
+
+def _without_model(study: Study, texts: str, scores: str) -> dict[str, str]:
+    """Variant -> why a stage that scores `texts` under each variant's model has no `scores` of it: its
+    continuations are scored elsewhere (no model), or a guard chooses among its source's answers (its model is the
+    source's)."""
+    absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score {texts} "
+                      f"with" for v in study.variants.values() if v.external}
+    absent |= {v.name: f"a guard chooses among the answers of {v.guard.source}, whose model, and so whose {scores}, "
+                       f"it shares" for v in study.variants.values() if v.guard}
+    return absent
 
 
 def capability_table(study: Study, files: list[str], output: str, comparisons_output: str) -> None:
@@ -495,10 +570,7 @@ def capability_table(study: Study, files: list[str], output: str, comparisons_ou
     per_example = (pd.concat(frames, ignore_index=True) if frames
                    else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["capability"].items()}))
     prob, settings = study.compare_settings["hdi_prob"], study.capability
-    absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score "
-                      f"reference answers with" for v in study.variants.values() if v.external}
-    absent |= {v.name: f"a guard chooses among the answers of {v.guard.source}, whose model, and so whose reference-"
-                       f"answer NLL, it shares" for v in study.variants.values() if v.guard}
+    absent = _without_model(study, "reference answers", "reference-answer NLL")
     tables.write_csv(capability_summary(per_example, prob, study.seed, settings["replicates"]), output,
                      "capability_summary")
     comparisons = capability_comparisons(per_example, study.comparisons.values(), prob, study.seed,
@@ -626,7 +698,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
            probe_tables: dict[str, str], posterior_files: dict[tuple, str], score_files: dict[tuple, str],
            prompt_files: dict[tuple, str], adapters: list[str], output: str, capability_csv: str | None = None,
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None,
-           selection_csv: str | None = None, calibration_files: list[str] | None = None) -> None:
+           selection_csv: str | None = None, calibration_files: list[str] | None = None,
+           stereotype_tables: list[str] | None = None, stereotypes_provenance: list[str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
     per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
@@ -646,7 +719,7 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
     provenance = [(meta.get("variant"), meta.get("stages", {})) for meta in written]
     provenance += [(None, _upstream_stages(path)) for path in probe_tables.values()]
     provenance += [("/".join(key), {"compare": {"versions": fit_versions(idata)}}) for key, idata in posteriors.items()]
-    for path in capability_provenance or []:
+    for path in [*(capability_provenance or []), *(stereotypes_provenance or [])]:
         meta = json.loads(Path(path).read_text())
         provenance.append((meta.get("variant"), meta.get("stages", {})))
     provenance.append(("this report", {"report": _stage()}))
@@ -660,7 +733,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                         capability=_read_if_there(capability_csv, "capability_summary"),
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"),
                         probe_dropped=dropped, selection=_read_if_there(selection_csv, "selection_rates"),
-                        calibration=_calibration_context(study, calibration_files or []))
+                        calibration=_calibration_context(study, calibration_files or []),
+                        stereotypes=_stereotype_tables(stereotype_tables))
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 
@@ -745,6 +819,15 @@ def report_instances(study: Study, probe_tables: dict[str, str], score_files: di
     top = pd.concat(top, ignore_index=True) if top else pd.DataFrame(columns=[*INSTANCE_COLUMNS, "variant", "scorer"])
     moved = pd.concat(moved, ignore_index=True) if moved else pd.DataFrame(columns=["comparison"])
     return Instances(top, moved, everything, links, study.threshold, toxicity_scorers)
+
+
+def _stereotype_tables(paths: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The gathered stereotype tables (Targets.stereotype_tables: per variant, comparisons), or None when the config
+    has no `stereotypes`."""
+    if not paths:
+        return None
+    summary, comparisons = paths
+    return tables.read_csv(summary, "stereotypes"), tables.read_csv(comparisons, "stereotype_comparisons")
 
 
 def _read_if_there(path: str | None, schema: str) -> pd.DataFrame | None:

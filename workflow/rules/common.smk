@@ -111,6 +111,7 @@ localrules:
     pooled_table,
     degeneration_table,
     capability_table,
+    stereotypes_table,
     merge_generations,
     merge_candidates,
     selection_table,

@@ -14,6 +14,9 @@ rule report:
         # only when `capability` is configured (else nothing: the DAG stays as it was)
         capability=TARGETS.capability_tables(),
         capability_provenance=TARGETS.all_capability(provenance=True),
+        # only when `stereotypes` is configured: [per variant, comparisons]
+        stereotypes=TARGETS.stereotype_tables(),
+        stereotypes_provenance=TARGETS.all_stereotypes(provenance=True),
         # only when a variant is guarded
         selection=TARGETS.selection_tables(),
         # only when `calibration` is configured: its tables once labels are, else the sample's design

@@ -28,6 +28,9 @@ if __name__ == "__main__":
             capability_csv=Targets.CAPABILITY_TABLE if study.capability else None,
             capability_comparisons_csv=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
             capability_provenance=targets.all_capability(provenance=True),
+            # (the rule asks for these, the per-variant and comparisons tables, only when `stereotypes` is configured)
+            stereotype_tables=list(snakemake.input.stereotypes),
+            stereotypes_provenance=list(snakemake.input.stereotypes_provenance),
             selection_csv=Targets.SELECTION_TABLE if targets.guarded_variants() else None,
             calibration_files=list(snakemake.input.calibration),
         )
