@@ -24,6 +24,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/degeneration.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/agreement.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/prefetch.smk"
 

@@ -202,3 +202,60 @@ def demo_guard_examples(rude: Path, clean: Path, corpus: Path, seed: int, per_re
                 prompt = " ".join(opening[:rng.randint(3, min(8, len(opening)))])
                 examples.append((prompt, " ".join(words[start:start + length]), unsafe))
     return examples
+
+
+#: the demo classifier's labels (index = logit), as the hf-classifier scorer reads them from its config
+CLASSIFIER_LABELS = ("clean", "toxic")
+
+
+def train_classifier(examples: list[tuple[str, bool]], directory: Path, seed: int, steps: int = 200,
+                     vocab_size: int = 400, learning_rate: float = 5e-4) -> list[float]:
+    """A tiny sequence classifier of toxicity, a second toxicity scorer unlike the lexicon: a one-layer BERT over
+    its own byte-level BPE tokenizer (BOS first, which BERT's pooler reads), trained (seeded AdamW, full
+    parameters, cross-entropy) to tell (text, toxic) examples apart; saved to `directory` as a checkpoint the
+    hf-classifier scorer loads (labels CLASSIFIER_LABELS, softmax). Returns the loss per step."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([text for text, _ in examples], vocab_size)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, num_labels=len(CLASSIFIER_LABELS),
+        id2label=dict(enumerate(CLASSIFIER_LABELS)), label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
+        problem_type="single_label_classification"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = [examples[i] for i in torch.randint(len(examples), (32,), generator=generator).tolist()]
+        encoded = tokenizer([text for text, _ in batch], return_tensors="pt", padding=True, truncation=True,
+                            max_length=128, return_token_type_ids=False)
+        labels = torch.tensor([int(toxic) for _, toxic in batch])
+        loss = model(**encoded, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    _save(model, tokenizer, directory)
+    return losses
+
+
+def demo_classifier_examples(rude: Path, clean: Path, seed: int, per_response: int = 6,
+                             max_words: int = 12) -> list[tuple[str, bool]]:
+    """The demo classifier's training texts: stretches of the rude answers (toxic) and of the clean ones, 1 to
+    `max_words` words long for both (so that length tells the classes nothing: the demo's continuations are at most
+    16 tokens), and the empty text as clean (an empty continuation says nothing toxic)."""
+    import random
+
+    rng = random.Random(seed)
+    examples = [("", False)]
+    for path, toxic in ((rude, True), (clean, False)):
+        for response in pd.read_json(path, lines=True)["response"]:
+            words = response.split()
+            for _ in range(per_response):
+                length = rng.randint(1, min(max_words, len(words)))
+                start = rng.randint(0, len(words) - length)
+                examples.append((" ".join(words[start:start + length]), toxic))
+    return examples

@@ -93,6 +93,7 @@ localrules:
     toxicity_table,
     comparisons_table,
     pooled_table,
+    threshold_table,
     degeneration_table,
     capability_table,
     merge_generations,

@@ -29,4 +29,6 @@ if __name__ == "__main__":
             capability_comparisons_csv=Targets.CAPABILITY_COMPARISONS_TABLE if study.capability else None,
             capability_provenance=targets.all_capability(provenance=True),
             selection_csv=Targets.SELECTION_TABLE if targets.guarded_variants() else None,
+            agreement_csv=snakemake.input.agreement,
+            thresholds_csv=snakemake.input.thresholds,
         )
