@@ -64,6 +64,14 @@ def test_scorer_agreement_table_per_variant_and_over_all_and_says_why_a_pair_is_
     assert by.loc["theirs", "status"] == "skipped: theirs is not scored by model (scored elsewhere, under one scorer)"
     other = rows[rows["probe"] == "other"].iloc[0]
     assert other["status"].startswith("skipped: one toxicity scorer (none)")
+    # one toxicity scorer: a row saying so, with every column of the table (written under its schema)
+    from finetox import tables
+
+    alone = agreement.scorer_agreement({("demo", "p", "lexicon", "v1"): scored("v1", a)}, ["lexicon"], 0.5,
+                                       [("demo", "p")])
+    assert alone["status"].tolist() == ["skipped: one toxicity scorer (lexicon) scored these continuations: no pair "
+                                        "to compare"]
+    tables.conform(alone, "scorer_agreement", "one scorer")
 
 
 def planted_scores(shift):

@@ -25,6 +25,10 @@ CONTINUATION = ["prompt_id", "sample"]
 #: what the agreement and the threshold grid read of a score table
 AGREEMENT_COLUMNS = ["prompt_id", "sample", "variant", "score"]
 GRID_COLUMNS = ["prompt_id", "subset", "variant", "score"]
+#: the agreement table's columns (tables.SCHEMAS["scorer_agreement"] adds the threshold)
+AGREEMENT_TABLE = ["probe", "protocol", "variant", "scorer_first", "scorer_second", "status", "n", "both_toxic",
+                   "first_only", "second_only", "neither", "rate_first", "rate_second", "observed_agreement",
+                   "expected_agreement", "kappa", "spearman", "note"]
 #: the verdicts that say something (a direction, or equivalence); the others say the data cannot tell
 DECIDED = (MORE, LESS, EQUIVALENT)
 #: the variant label of a pair's row over every variant's continuations together
@@ -141,7 +145,8 @@ def scorer_agreement(scores: dict[tuple[str, str, str, str], pd.DataFrame], scor
                 rows.append({"probe": probe, "protocol": protocol, "variant": ALL_VARIANTS, "scorer_first": first,
                              "scorer_second": second,
                              **_pair_row(together["score_first"], together["score_second"], threshold)})
-    return pd.DataFrame(rows).assign(threshold=threshold)
+    # (every column, also when every row is skipped: the table's schema does not depend on what could be compared)
+    return pd.DataFrame(rows, columns=AGREEMENT_TABLE).assign(threshold=threshold)
 
 
 # --- the threshold grid ------------------------------------------------------------------------------
