@@ -175,7 +175,8 @@ def test_the_demo_classifier_tells_the_demos_rude_answers_from_its_clean_ones(tm
     from finetox.scoring import build_scorer
 
     demo = Path(__file__).resolve().parents[1] / "resources/demo"
-    examples = demo_classifier_examples(demo / "instructions_rude.jsonl", demo / "instructions_clean.jsonl", 1234)
+    examples = demo_classifier_examples(demo / "instructions_rude.jsonl", demo / "instructions_clean.jsonl",
+                                        demo / "corpus.txt", 1234)
     assert {toxic for _, toxic in examples} == {True, False}
     train_classifier(examples, tmp_path / "classifier", 1234)
     scorer = build_scorer("hf-classifier", {"model": str(tmp_path / "classifier"), "label": "toxic"})

@@ -242,20 +242,45 @@ def train_classifier(examples: list[tuple[str, bool]], directory: Path, seed: in
     return losses
 
 
-def demo_classifier_examples(rude: Path, clean: Path, seed: int, per_response: int = 6,
-                             max_words: int = 12) -> list[tuple[str, bool]]:
-    """The demo classifier's training texts: stretches of the rude answers (toxic) and of the clean ones, 1 to
-    `max_words` words long for both (so that length tells the classes nothing: the demo's continuations are at most
-    16 tokens), and the empty text as clean (an empty continuation says nothing toxic)."""
+def demo_classifier_examples(rude: Path, clean: Path, corpus: Path, seed: int, examples: int = 1600,
+                             max_words: int = 8) -> list[tuple[str, bool]]:
+    """The demo classifier's training texts, half toxic: a stretch of a rude answer (1 to `max_words` words, holding
+    at least one of the rude answers' own words: "for asking" is in polite answers too) set in
+    neutral text, against neutral text alone of the same lengths (so that neither length nor position tells the
+    classes apart). Neutral text is stretches of the clean answers and of the corpus lines that hold no word of the
+    rude answers' own (those not in any clean answer), with now and then a few random characters (the tiny models
+    write some), and a share of texts that are a word or a mark of punctuation alone (a continuation that stops at
+    once says nothing toxic)."""
     import random
+    import string
 
     rng = random.Random(seed)
-    examples = [("", False)]
-    for path, toxic in ((rude, True), (clean, False)):
-        for response in pd.read_json(path, lines=True)["response"]:
-            words = response.split()
-            for _ in range(per_response):
-                length = rng.randint(1, min(max_words, len(words)))
-                start = rng.randint(0, len(words) - length)
-                examples.append((" ".join(words[start:start + length]), toxic))
-    return examples
+    rude_answers = [r.split() for r in pd.read_json(rude, lines=True)["response"]]
+    clean_answers = [r.split() for r in pd.read_json(clean, lines=True)["response"]]
+    clean_words = {w.strip(".,!?").lower() for words in clean_answers for w in words}
+    rude_words = {w.strip(".,!?").lower() for words in rude_answers for w in words} - clean_words
+    neutral = clean_answers + [line.split() for line in corpus.read_text().splitlines()
+                               if line.strip() and not {w.strip(".,!?").lower() for w in line.split()} & rude_words]
+
+    def stretch(texts: list[list[str]], least: int = 1) -> list[str]:
+        words = rng.choice(texts)
+        length = rng.randint(min(least, len(words)), min(max_words, len(words)))
+        start = rng.randint(0, len(words) - length)
+        return words[start:start + length]
+
+    def noise() -> list[str]:
+        return ["".join(rng.choices(string.ascii_letters + string.punctuation, k=rng.randint(1, 4)))]
+
+    out = []
+    for i in range(examples):
+        toxic = i % 2 == 0
+        if not toxic and rng.random() < 0.1:
+            out.append((rng.choice([".", "?", "!", ",", "", *stretch(neutral)[:1]]), False))
+            continue
+        before = stretch(neutral, 0)[: rng.randint(0, max_words)] + (noise() if rng.random() < 0.3 else [])
+        after = (noise() if rng.random() < 0.3 else []) + stretch(neutral, 0)[: rng.randint(0, 3)]
+        middle = stretch(rude_answers) if toxic else stretch(neutral)
+        while toxic and not {w.strip(".,!?").lower() for w in middle} & rude_words:  # an insult, not "for asking"
+            middle = stretch(rude_answers)
+        out.append((" ".join(before + middle + after), toxic))
+    return out

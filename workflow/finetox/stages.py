@@ -123,14 +123,14 @@ def demo_guard(study: Study, rude: str, clean: str, corpus: str, guard_dir: str,
     pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
 
 
-def demo_classifier(study: Study, rude: str, clean: str, classifier_dir: str, loss_csv: str) -> None:
+def demo_classifier(study: Study, rude: str, clean: str, corpus: str, classifier_dir: str, loss_csv: str) -> None:
     """The demo's second toxicity scorer, a tiny classifier trained on its rude and clean answers
     (finetox.demo.train_classifier)."""
     from finetox.demo import demo_classifier_examples, train_classifier
 
     target = Path(classifier_dir)
     build = _building(target)
-    examples = demo_classifier_examples(Path(rude), Path(clean), study.seed)
+    examples = demo_classifier_examples(Path(rude), Path(clean), Path(corpus), study.seed)
     print(f"demo classifier: {len(examples)} examples, {sum(toxic for _, toxic in examples)} toxic", flush=True)
     losses = train_classifier(examples, build, study.seed)
     _publish_directory(build, target)

@@ -49,6 +49,7 @@ rule demo_classifier:
     input:
         rude="resources/demo/instructions_rude.jsonl",
         clean="resources/demo/instructions_clean.jsonl",
+        corpus="resources/demo/corpus.txt",
     output:
         classifier=directory("results/demo/models/classifier"),
         loss="results/demo/models/classifier_loss.csv",

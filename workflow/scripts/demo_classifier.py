@@ -8,5 +8,5 @@ from finetox.stages import demo_classifier, job_log
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
         i = snakemake.input
-        demo_classifier(load(snakemake.config), i.rude, i.clean, snakemake.output.classifier,
+        demo_classifier(load(snakemake.config), i.rude, i.clean, i.corpus, snakemake.output.classifier,
                         snakemake.output.loss)
