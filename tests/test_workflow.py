@@ -306,6 +306,12 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     counts = job_counts(run)
     assert counts["generate"] == 3 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
     assert "group=demo-instruct.training" in run and "group=demo-instruct-rude.merged" in run
+    # the threshold grid: its verdicts (one job per toxicity scorer), their table and the report, nothing else
+    config = yaml.safe_load(original)
+    config.setdefault("metrics", {})["threshold_grid"] = [0.3, 0.5, 0.7]
+    config_path.write_text(yaml.safe_dump(config))
+    assert job_counts(snakemake(demo_run, "-n").stdout) == {"threshold_sensitivity": 2, "threshold_table": 1,
+                                                           "report": 1, "all": 1}
     config_path.write_text(original)
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
 
