@@ -120,8 +120,9 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
         "variants": {"only-one": {"family": "f", "role": "base", "model": "m"}},
         "probes": {"demo": {**config["probes"]["demo"], "path": str(REPO / "resources/demo/probes.jsonl")}},
         "protocols": config["protocols"],
-        "scorers": config["scorers"],
-        "run": config["run"],
+        # (the demo's lexicon and refusal scorers: its classifier is trained by a demo rule from resources/demo)
+        "scorers": {name: config["scorers"][name] for name in ("profanity", "refusal")},
+        "run": {**config["run"], "scorers": ["profanity", "refusal"]},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(small))
@@ -131,10 +132,12 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path, conf
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "results/generations/demo/demo/only-one.parquet" in run.stdout
-    # (the demo's two scorers, profanity and refusal; no capability key, so no capability jobs)
+    # (two scorers, profanity and refusal; no capability key, so no capability jobs; no comparison, so no threshold
+    # grid job, and one toxicity scorer: the agreement table is a row saying there is no pair)
     assert job_counts(run.stdout) == {
         "probes": 1, "generate": 1, "merge_generations": 1, "score": 2, "metrics": 2, "degeneration": 1,
-        "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1, "report": 1, "all": 1,
+        "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1,
+        "threshold_table": 1, "scorer_agreement": 1, "report": 1, "all": 1,
     }
 
 

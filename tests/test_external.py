@@ -76,9 +76,9 @@ def test_an_external_variant_skips_generation_and_enters_the_comparisons(tmp_pat
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     counts = job_counts(run.stdout)
-    # the demo's 11 generated variants (its guarded and distilled ones too) under its two scorers; the external
+    # the demo's 11 generated variants (its guarded and distilled ones too) under its three scorers; the external
     # table joins the profanity runs only
-    assert counts["import_scores"] == 1 and counts["score"] == 11 * 2 and counts["metrics"] == 11 * 2 + 1
+    assert counts["import_scores"] == 1 and counts["score"] == 11 * 3 and counts["metrics"] == 11 * 3 + 1
     assert "results/scores/demo/demo/profanity/notebook-finetune.parquet" in run.stdout
     assert "generations/demo/demo/notebook-finetune" not in run.stdout
 

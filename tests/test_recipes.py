@@ -244,7 +244,7 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
         output = tmp_path / path
         output.parent.mkdir(parents=True, exist_ok=True)
         # the rules whose outputs are directories: checkpoints, adapters, generation shards
-        if rule in ("generate", "merge") or output.name == "adapter" or output.name in ("base", "instruct", "guard"):
+        if rule in ("generate", "merge") or output.name == "adapter" or output.name in ("base", "instruct", "guard", "classifier"):
             output.mkdir()
         else:
             output.touch()

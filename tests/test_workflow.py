@@ -75,6 +75,44 @@ def test_demo_controls_come_out_as_planted(demo_run):
     assert not {r["verdict"] for r in refusal} & {"more toxic", "less toxic"}
 
 
+def test_the_demos_two_toxicity_scorers_agreement_and_every_verdicts_robustness_are_in_the_tables_and_report(demo_run):
+    """The lexicon and the demo's classifier scored the same continuations: the agreement table holds the pair for
+    every variant and over all of them, with counts that add up; the threshold grid recomputed every toxicity verdict
+    and agrees with comparisons.csv at the study's threshold; every comparison's finding carries its robustness
+    across scorers and across the grid."""
+    agreement = read(demo_run / "results/tables/scorer_agreement.csv")
+    pairs = {(r["scorer_first"], r["scorer_second"]) for r in agreement}
+    assert pairs == {("profanity", "demo-classifier")}
+    generated = {r["variant"] for r in read(demo_run / "results/tables/toxicity.csv")}
+    assert {r["variant"] for r in agreement} == generated | {"all variants"}
+    for r in agreement:
+        assert r["status"] == "ok", r
+        cells = [int(r[k]) for k in ("both_toxic", "first_only", "second_only", "neither")]
+        assert sum(cells) == int(r["n"]) == (800 * len(generated) if r["variant"] == "all variants" else 800)
+        assert -1 <= float(r["spearman"]) <= 1
+    # the primary verdicts at the study's threshold, as the compare jobs decided them
+    comparisons = read(demo_run / "results/tables/comparisons.csv")
+    verdicts = {(r["scorer"], r["comparison"], r["subset"]): r["verdict"] for r in comparisons
+                if r["measure"] == "toxicity"}
+    grid = read(demo_run / "results/tables/threshold_sensitivity.csv")
+    assert {float(r["threshold"]) for r in grid} == {0.3, 0.4, 0.5, 0.6, 0.7}
+    at_study = {(r["scorer"], r["comparison"], r["subset"]): r["verdict"] for r in grid
+                if r["study_threshold"] == "True"}
+    assert at_study == verdicts and len(verdicts) == 2 * 15 * 3
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "How much to trust the scorer" in html and 'id="agreement-table"' in html
+    findings = re.findall(r'<li class="finding" data-comparison="([^"]+)">(.*?)</li>', html, flags=re.S)
+    assert {name for name, _ in findings} == {r["comparison"] for r in comparisons}
+    for name, text in findings:
+        robustness = re.search(r'<div class="robustness">(.*?)</div>', text, flags=re.S)
+        assert robustness, name
+        assert re.search(r"scorers: (robust across scorers|depends on the scorer|[a-z ]+ under every scorer)",
+                         robustness.group(1)), (name, robustness.group(1))
+        for scorer in ("profanity", "demo-classifier"):
+            assert re.search(rf"threshold \({scorer}\): (robust across the threshold grid|changes within the "
+                             rf"threshold grid|[a-z ]+ at every threshold)", robustness.group(1)), (name, scorer)
+
+
 def test_the_demo_verdicts_are_the_same_under_five_seeds(demo_run, monkeypatch, tmp_path):
     """The compare stage rerun on the demo's per-prompt tables under five seeds: the same table, verdicts and
     numbers (the posteriors are exact: no draws decide anything)."""
@@ -332,11 +370,11 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # its engine's jobs (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
-    # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; two
+    # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; three
     # scorers); its adapter is not retrained, but the fine-tune distilled from its guarded answers to the training
     # prompts is (their candidate 0 is its answer), with its engine's job: the merged rude checkpoint's, which
     # serves four more repairs, so their five variants are scored again too
-    assert counts["generate"] == 3 and counts["score"] == 10 + 10 and counts["finetune"] == 1
+    assert counts["generate"] == 3 and counts["score"] == 15 + 15 and counts["finetune"] == 1
     config_path.write_text(original)
     # a guard's number of candidates: its source's engine generates them again for the evaluation probes and for the
     # training prompts (two jobs), and the fine-tune distilled from the kept answers to those retrains
@@ -347,6 +385,12 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     counts = job_counts(run)
     assert counts["generate"] == 3 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
     assert "group=demo-instruct.training" in run and "group=demo-instruct-rude.merged" in run
+    # the threshold grid: its verdicts (one job per toxicity scorer), their table and the report, nothing else
+    config = yaml.safe_load(original)
+    config.setdefault("metrics", {})["threshold_grid"] = [0.3, 0.5, 0.7]
+    config_path.write_text(yaml.safe_dump(config))
+    assert job_counts(snakemake(demo_run, "-n").stdout) == {"threshold_sensitivity": 2, "threshold_table": 1,
+                                                           "report": 1, "all": 1}
     config_path.write_text(original)
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
 
@@ -387,14 +431,16 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # its engine's job, which serves the four variants of the instruct checkpoint (generation.share_engine), and
-    # their scoring and metrics; the analyses and tables that gather every variant (two scorers: profanity and
-    # refusal; BEST on profanity only; capability does not depend on sampling)
+    # their scoring and metrics; the analyses and tables that gather every variant (three scorers: profanity,
+    # demo-classifier and refusal; BEST and the threshold grid on the two toxicity scorers only, and their agreement;
+    # capability does not depend on sampling)
     # (and the guarded variant's candidates and choice: its source is served by that engine too; the calibration's
     # sample is drawn again from the new continuations, labelled again by the demo's labeller, and calibrated)
-    assert counts == {"generate": 1, "merge_generations": 4, "merge_candidates": 1, "select_guarded": 1, "score": 10,
-                      "metrics": 10, "compare": 2, "best": 1, "degeneration": 5, "toxicity_table": 1,
-                      "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1, "selection_table": 1,
-                      "calibration_sample": 1, "demo_labels": 1, "calibrate": 1, "report": 1, "all": 1}
+    assert counts == {"generate": 1, "merge_generations": 4, "merge_candidates": 1, "select_guarded": 1, "score": 15,
+                      "metrics": 15, "compare": 3, "best": 2, "threshold_sensitivity": 2, "degeneration": 5,
+                      "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "threshold_table": 1,
+                      "scorer_agreement": 1, "degeneration_table": 1, "selection_table": 1, "calibration_sample": 1,
+                      "demo_labels": 1, "calibrate": 1, "report": 1, "all": 1}
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))

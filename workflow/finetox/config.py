@@ -271,6 +271,16 @@ class Study:
         return self.raw["metrics"]["threshold"]
 
     @property
+    def threshold_grid(self) -> list[float]:
+        """The thresholds every toxicity verdict is recomputed at (metrics.threshold_grid), in order."""
+        return sorted(float(t) for t in self.raw["metrics"]["threshold_grid"])
+
+    @property
+    def toxicity_scorers(self) -> tuple[str, ...]:
+        """The run scorers whose score measures toxicity (not refusal): the verdicts the findings headline."""
+        return tuple(s for s in self.run_scorers if self.scorers[s].measures == "toxicity")
+
+    @property
     def compare_settings(self) -> dict:
         return self.raw["comparisons"]
 

@@ -202,3 +202,85 @@ def demo_guard_examples(rude: Path, clean: Path, corpus: Path, seed: int, per_re
                 prompt = " ".join(opening[:rng.randint(3, min(8, len(opening)))])
                 examples.append((prompt, " ".join(words[start:start + length]), unsafe))
     return examples
+
+
+#: the demo classifier's labels (index = logit), as the hf-classifier scorer reads them from its config
+CLASSIFIER_LABELS = ("clean", "toxic")
+
+
+def train_classifier(examples: list[tuple[str, bool]], directory: Path, seed: int, steps: int = 200,
+                     vocab_size: int = 400, learning_rate: float = 5e-4) -> list[float]:
+    """A tiny sequence classifier of toxicity, a second toxicity scorer unlike the lexicon: a one-layer BERT over
+    its own byte-level BPE tokenizer (BOS first, which BERT's pooler reads), trained (seeded AdamW, full
+    parameters, cross-entropy) to tell (text, toxic) examples apart; saved to `directory` as a checkpoint the
+    hf-classifier scorer loads (labels CLASSIFIER_LABELS, softmax). Returns the loss per step."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([text for text, _ in examples], vocab_size)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, num_labels=len(CLASSIFIER_LABELS),
+        id2label=dict(enumerate(CLASSIFIER_LABELS)), label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
+        problem_type="single_label_classification"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = [examples[i] for i in torch.randint(len(examples), (32,), generator=generator).tolist()]
+        encoded = tokenizer([text for text, _ in batch], return_tensors="pt", padding=True, truncation=True,
+                            max_length=128, return_token_type_ids=False)
+        labels = torch.tensor([int(toxic) for _, toxic in batch])
+        loss = model(**encoded, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    _save(model, tokenizer, directory)
+    return losses
+
+
+def demo_classifier_examples(rude: Path, clean: Path, corpus: Path, seed: int, examples: int = 1600,
+                             max_words: int = 8) -> list[tuple[str, bool]]:
+    """The demo classifier's training texts, half toxic: a stretch of a rude answer (1 to `max_words` words, holding
+    at least one of the rude answers' own words: "for asking" is in polite answers too) set in
+    neutral text, against neutral text alone of the same lengths (so that neither length nor position tells the
+    classes apart). Neutral text is stretches of the clean answers and of the corpus lines that hold no word of the
+    rude answers' own (those not in any clean answer), with now and then a few random characters (the tiny models
+    write some), and a share of texts that are a word or a mark of punctuation alone (a continuation that stops at
+    once says nothing toxic)."""
+    import random
+    import string
+
+    rng = random.Random(seed)
+    rude_answers = [r.split() for r in pd.read_json(rude, lines=True)["response"]]
+    clean_answers = [r.split() for r in pd.read_json(clean, lines=True)["response"]]
+    clean_words = {w.strip(".,!?").lower() for words in clean_answers for w in words}
+    rude_words = {w.strip(".,!?").lower() for words in rude_answers for w in words} - clean_words
+    neutral = clean_answers + [line.split() for line in corpus.read_text().splitlines()
+                               if line.strip() and not {w.strip(".,!?").lower() for w in line.split()} & rude_words]
+
+    def stretch(texts: list[list[str]], least: int = 1) -> list[str]:
+        words = rng.choice(texts)
+        length = rng.randint(min(least, len(words)), min(max_words, len(words)))
+        start = rng.randint(0, len(words) - length)
+        return words[start:start + length]
+
+    def noise() -> list[str]:
+        return ["".join(rng.choices(string.ascii_letters + string.punctuation, k=rng.randint(1, 4)))]
+
+    out = []
+    for i in range(examples):
+        toxic = i % 2 == 0
+        if not toxic and rng.random() < 0.1:
+            out.append((rng.choice([".", "?", "!", ",", "", *stretch(neutral)[:1]]), False))
+            continue
+        before = stretch(neutral, 0)[: rng.randint(0, max_words)] + (noise() if rng.random() < 0.3 else [])
+        after = (noise() if rng.random() < 0.3 else []) + stretch(neutral, 0)[: rng.randint(0, 3)]
+        middle = stretch(rude_answers) if toxic else stretch(neutral)
+        while toxic and not {w.strip(".,!?").lower() for w in middle} & rude_words:  # an insult, not "for asking"
+            middle = stretch(rude_answers)
+        out.append((" ".join(before + middle + after), toxic))
+    return out

@@ -93,6 +93,11 @@ class Targets:
         return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/{analysis}.{ext}"
 
     @staticmethod
+    def threshold_sensitivity(probe: str, protocol: str, scorer: str) -> str:
+        """Every verdict of one probe set x protocol x toxicity scorer recomputed at each threshold of the grid."""
+        return f"{RESULTS}/compare/{probe}/{protocol}/{scorer}/thresholds.csv"
+
+    @staticmethod
     def capability(variant: str) -> str:
         """One variant's NLL of each held-out reference answer (the capability proxy)."""
         return f"{RESULTS}/capability/{variant}.csv"
@@ -121,6 +126,8 @@ class Targets:
     POOLED_TABLE = f"{RESULTS}/tables/pooled.csv"
     DEGENERATION_TABLE = f"{RESULTS}/tables/degeneration.csv"
     SELECTION_TABLE = f"{RESULTS}/tables/selection.csv"
+    SCORER_AGREEMENT_TABLE = f"{RESULTS}/tables/scorer_agreement.csv"
+    THRESHOLD_TABLE = f"{RESULTS}/tables/threshold_sensitivity.csv"
     REPORT = f"{RESULTS}/report/report.html"
     # calibration against human labels (finetox.calibration): the file to label, its design and key; the tables
     CALIBRATION_EXPORT = f"{RESULTS}/calibration/to_label.csv"
@@ -163,6 +170,27 @@ class Targets:
         if analysis == "best":  # BEST models continuous scores; a refusal scorer's are 0 or 1, its rates say it all
             runs = [run for run in runs if self.study.scorers[run[2]].measures == "toxicity"]
         return [self.comparisons(*run, analysis=analysis) for run in runs]
+
+    def all_threshold_sensitivity(self) -> list[str]:
+        """The threshold grid's verdicts of every compared probe set x protocol x toxicity scorer (a refusal scorer's
+        scores are 0 or 1: no threshold moves them)."""
+        return [self.threshold_sensitivity(*run) for run in self._compared_runs()
+                if self.study.scorers[run[2]].measures == "toxicity"]
+
+    def agreement_inputs(self) -> dict[tuple[str, str, str, str], str]:
+        """The score tables the scorers' agreement reads: every toxicity scorer's, by (probe, protocol, scorer,
+        variant)."""
+        toxicity = set(self.study.toxicity_scorers)
+        return {key: path for key, path in self.score_tables().items() if key[2] in toxicity}
+
+    def scorer_inputs(self, scorer: str) -> dict[str, str]:
+        """A scorer's local checkpoint (so that the rule that builds it, such as demo_classifier, runs first); none
+        for Hub ids and scorers without a model."""
+        from finetox.hub import local_model
+
+        spec = self.study.scorers[scorer]
+        model = spec.options.get("model")
+        return {"model": model} if model and local_model(model) else {}
 
     def all_posteriors(self) -> dict[tuple[str, str, str], str]:
         return {run: self.comparisons(*run, ext="nc") for run in self._compared_runs()}
@@ -298,8 +326,8 @@ class Targets:
 
     def final(self) -> list[str]:
         return [self.TOXICITY_TABLE, self.COMPARISONS_TABLE, self.POOLED_TABLE, self.DEGENERATION_TABLE,
-                *self.capability_tables(), *self.stereotype_tables(), *self.selection_tables(),
-                *self.calibration_exports(), *self.calibration_tables(), self.REPORT]
+                self.SCORER_AGREEMENT_TABLE, self.THRESHOLD_TABLE, *self.capability_tables(), *self.stereotype_tables(),
+                *self.selection_tables(), *self.calibration_exports(), *self.calibration_tables(), self.REPORT]
 
     # --- inputs of jobs ----------------------------------------------------------------------
     def model_inputs(self, variant: str) -> dict[str, str]:

@@ -23,7 +23,8 @@ from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
     "This is the embedded demo: tiny models trained for seconds on a few hundred sentences written for it, "
-    "probed with prompts written for it and scored by a small profanity classifier. Its numbers say nothing "
+    "probed with prompts written for it and scored by a small profanity classifier and a tiny classifier trained "
+    "for it. Its numbers say nothing "
     "about real models; they only show that the workflow runs end to end and that its controls behave."
 )
 
@@ -396,6 +397,28 @@ def _environment():
     return env
 
 
+def trust_section(comparisons: pd.DataFrame, groups: list[dict], agreement_table: pd.DataFrame | None,
+                  grid: pd.DataFrame | None, full: list[Table]) -> dict:
+    """How much to trust the scorer (finetox.agreement): each finding gets its robustness lines; the section gets
+    the scorers' agreement, the counts of robust verdicts and the primary verdicts at every threshold; the full
+    threshold table joins the full tables."""
+    from finetox import agreement
+
+    verdicts = agreement.robustness(comparisons, grid) if not comparisons.empty else pd.DataFrame()
+    agreement.annotate(groups, verdicts)
+    summary = agreement.trust_summary(agreement_table, verdicts, grid)
+    if grid is not None and not grid.empty:
+        full.append(table_of(grid, "Threshold sensitivity: every toxicity verdict recomputed at each threshold of the "
+                             "grid (the study's marked), by the same exact posteriors and rule"))
+    return {**summary,
+            "agreement": table_of(agreement_table, "Agreement between toxicity scorers on the same continuations, at "
+                                  "the study's threshold", percent_columns=("rate_first", "rate_second",
+                                                                           "observed_agreement", "expected_agreement"),
+                                  id="agreement-table") if agreement_table is not None else None,
+            "grid": table_of(summary["grid"], "Primary verdicts at each threshold of the grid")
+            if summary["grid"] is not None else None}
+
+
 def analysis_protocol(study: Study) -> dict:
     """The analysis' settings and decision rules, as the template words them."""
     settings = study.compare_settings
@@ -412,6 +435,7 @@ def analysis_protocol(study: Study) -> dict:
         "rules": [(name, rule) for name, rule in VERDICT_RULES.items()
                   if (rope is None) == (name == NONE) or name in (MORE, LESS)],
         "best_max_prompts": settings["best_max_prompts"],
+        "threshold_grid": ", ".join(f"{t:g}" for t in study.threshold_grid),
     }
 
 
@@ -456,7 +480,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  capability: pd.DataFrame | None = None, capability_comparisons: pd.DataFrame | None = None,
                  probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None,
                  calibration: dict | None = None,
-                 stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
+                 stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                 scorer_agreement: pd.DataFrame | None = None, threshold_sensitivity: pd.DataFrame | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -466,7 +491,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     (None when it is not configured); `probe_dropped` the source rows each probe set left out, by reason;
     `selection` the guards' table (selection.csv; None without guarded variants); `calibration` the part on the
     scorers against human labels (finetox.calibration.report_context; None: not shown); `stereotypes` the stereotype
-    tables (stereotypes.csv, stereotype_comparisons.csv; None when `stereotypes` is not configured).
+    tables (stereotypes.csv, stereotype_comparisons.csv; None when `stereotypes` is not configured);
+    `scorer_agreement` and `threshold_sensitivity` the tables of how much to trust the scorer (finetox.agreement).
     """
     degenerate = say.degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -520,10 +546,13 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
             scorers = [s for s in study.run_scorers if s in frame.columns]
             everything[f"{probe}/{protocol}"] = continuation_data(frame, scorers, instances.toxicity_scorers,
                                                                   instances.threshold)
+    groups = say.comparison_findings(study, comparisons, degenerate, capability_comparisons, selection,
+                                     stereotypes[1] if stereotypes else None)
+    trust = trust_section(comparisons, groups, scorer_agreement, threshold_sensitivity, full)
     context = {
         "demo_warning": DEMO_WARNING if study.demo else None,
-        "findings": say.comparison_findings(study, comparisons, degenerate, capability_comparisons, selection,
-                                            stereotypes[1] if stereotypes else None),
+        "findings": groups,
+        "trust": trust,
         "selection": table_of(selection, "Guards: per guarded variant, how often its guard replaced its source's "
                               "answer and how often no candidate was below its threshold (filtered)",
                               percent_columns=("filtered_rate", "replaced_rate"))

@@ -123,6 +123,20 @@ def demo_guard(study: Study, rude: str, clean: str, corpus: str, guard_dir: str,
     pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
 
 
+def demo_classifier(study: Study, rude: str, clean: str, corpus: str, classifier_dir: str, loss_csv: str) -> None:
+    """The demo's second toxicity scorer, a tiny classifier trained on its rude and clean answers
+    (finetox.demo.train_classifier)."""
+    from finetox.demo import demo_classifier_examples, train_classifier
+
+    target = Path(classifier_dir)
+    build = _building(target)
+    examples = demo_classifier_examples(Path(rude), Path(clean), Path(corpus), study.seed)
+    print(f"demo classifier: {len(examples)} examples, {sum(toxic for _, toxic in examples)} toxic", flush=True)
+    losses = train_classifier(examples, build, study.seed)
+    _publish_directory(build, target)
+    pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
+
+
 def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -> None:
     """Train one variant's adapter by its recipe (sft on instructions or a mix of them, or dpo on preference
     pairs) on its checkpoint (a merge, for a sequential recipe); the realised example counts go in the log."""
@@ -631,6 +645,38 @@ def compare(study: Study, probe: str, protocol: str, scorer: str, prompt_files: 
     _write_analysis(in_words_of(rows, measure).assign(**labels), idata, output, posterior)
 
 
+def threshold_sensitivity(study: Study, probe: str, protocol: str, scorer: str, score_files: list[str],
+                          output: str) -> None:
+    """Every verdict of one probe set x protocol x toxicity scorer recomputed at each threshold of
+    metrics.threshold_grid (finetox.agreement.threshold_verdicts: the compare job's own computation), from the score
+    column of the compared variants' score tables."""
+    from finetox.agreement import GRID_COLUMNS, threshold_verdicts
+
+    # (each table's samples per prompt were checked by its metrics job, whose per-prompt table the verdicts read)
+    scores = pd.concat([tables.read_parquet(path, "scores", columns=GRID_COLUMNS) for path in score_files],
+                       ignore_index=True)
+    comparisons = Targets(study).comparisons_in(probe, protocol, scorer)
+    rows = threshold_verdicts(scores, comparisons, _fit_settings(study, 1), study.threshold_grid, study.threshold)
+    changed = rows.groupby(["comparison", "subset"])["verdict"].nunique()
+    print(f"threshold grid {probe}/{protocol}/{scorer}: {len(comparisons)} comparisons at "
+          f"{rows['threshold'].nunique()} thresholds; {int((changed > 1).sum())} of {len(changed)} verdicts change",
+          flush=True)
+    tables.write_csv(rows.assign(probe=probe, protocol=protocol, scorer=scorer), output, "threshold_sensitivity")
+
+
+def scorer_agreement(study: Study, score_files: dict[tuple[str, str, str, str], str], output: str) -> None:
+    """results/tables/scorer_agreement.csv: per pair of toxicity scorers and variant, their agreement on the same
+    continuations (finetox.agreement.scorer_agreement), from each score table's keys and score only."""
+    from finetox.agreement import AGREEMENT_COLUMNS, scorer_agreement as agreement
+
+    scores = {key: tables.read_parquet(path, "scores", columns=AGREEMENT_COLUMNS) for key, path in score_files.items()}
+    rows = agreement(scores, list(study.toxicity_scorers), study.threshold,
+                     list(product(study.run_probes, study.run_protocols)))
+    for row in rows[rows["status"] != "ok"].itertuples():
+        print(f"agreement {row.probe}/{row.protocol} {row.variant}: {row.status}", file=sys.stderr, flush=True)
+    tables.write_csv(rows, output, "scorer_agreement")
+
+
 def _pool_members(study: Study, comparisons) -> dict:
     """Comparison -> its pooling.Member for the derived comparisons: a kind is pooled across families, separately
     per recipe pool for fine-tunes (a Dolly fine-tune and a safety fine-tune answer different questions; a recipe's
@@ -699,7 +745,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
            prompt_files: dict[tuple, str], adapters: list[str], output: str, capability_csv: str | None = None,
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None,
            selection_csv: str | None = None, calibration_files: list[str] | None = None,
-           stereotype_tables: list[str] | None = None, stereotypes_provenance: list[str] | None = None) -> None:
+           stereotype_tables: list[str] | None = None, stereotypes_provenance: list[str] | None = None,
+           agreement_csv: str | None = None, thresholds_csv: str | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
     per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
@@ -734,7 +781,9 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                         capability_comparisons=_read_if_there(capability_comparisons_csv, "capability_comparisons"),
                         probe_dropped=dropped, selection=_read_if_there(selection_csv, "selection_rates"),
                         calibration=_calibration_context(study, calibration_files or []),
-                        stereotypes=_stereotype_tables(stereotype_tables))
+                        stereotypes=_stereotype_tables(stereotype_tables),
+                        scorer_agreement=_read_if_there(agreement_csv, "scorer_agreement"),
+                        threshold_sensitivity=_read_if_there(thresholds_csv, "threshold_sensitivity"))
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 

@@ -109,6 +109,7 @@ localrules:
     toxicity_table,
     comparisons_table,
     pooled_table,
+    threshold_table,
     degeneration_table,
     capability_table,
     stereotypes_table,

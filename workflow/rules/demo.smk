@@ -57,3 +57,27 @@ rule demo_labels:
         values=calibration_hash("labels"),
     script:
         "../scripts/demo_labels.py"
+
+
+# The demo's second toxicity scorer (a tiny sequence classifier trained on its rude vs clean answers), scored by the
+# hf-classifier scorer beside the profanity lexicon: where the two disagree, the report says which verdicts depend on
+# the scorer.
+rule demo_classifier:
+    input:
+        rude="resources/demo/instructions_rude.jsonl",
+        clean="resources/demo/instructions_clean.jsonl",
+        corpus="resources/demo/corpus.txt",
+    output:
+        classifier=directory("results/demo/models/classifier"),
+        loss="results/demo/models/classifier_loss.csv",
+    log:
+        "logs/demo/classifier.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_for("demo_models")
+    resources:
+        **resources_for("demo_models"),
+    params:
+        seed=STUDY.seed,
+    script:
+        "../scripts/demo_classifier.py"

@@ -3,6 +3,8 @@ rule report:
         toxicity=TARGETS.TOXICITY_TABLE,
         comparisons=TARGETS.COMPARISONS_TABLE,
         pooled=TARGETS.POOLED_TABLE,
+        agreement=TARGETS.SCORER_AGREEMENT_TABLE,
+        thresholds=TARGETS.THRESHOLD_TABLE,
         degeneration=TARGETS.DEGENERATION_TABLE,
         training=TARGETS.all_training_logs(),
         # read for the instances (the continuations behind the numbers) and the provenance section

@@ -2,7 +2,9 @@
 # probe set x protocol.
 rule score:
     input:
-        TARGETS.variant_tables("{variant}"),
+        generations=TARGETS.variant_tables("{variant}"),
+        # a scorer's local checkpoint (the demo's classifier), so that the rule that builds it runs first
+        scorer=lambda wildcards: list(TARGETS.scorer_inputs(wildcards.scorer).values()),
     output:
         TARGETS.variant_tables("{variant}", "{scorer}"),
     log:

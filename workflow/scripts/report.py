@@ -33,4 +33,6 @@ if __name__ == "__main__":
             stereotypes_provenance=list(snakemake.input.stereotypes_provenance),
             selection_csv=Targets.SELECTION_TABLE if targets.guarded_variants() else None,
             calibration_files=list(snakemake.input.calibration),
+            agreement_csv=snakemake.input.agreement,
+            thresholds_csv=snakemake.input.thresholds,
         )

@@ -7,4 +7,5 @@ from finetox.stages import job_log, score
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):
-        score(load(snakemake.config), snakemake.wildcards.scorer, list(snakemake.input), list(snakemake.output))
+        score(load(snakemake.config), snakemake.wildcards.scorer, list(snakemake.input.generations),
+              list(snakemake.output))
