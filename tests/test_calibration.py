@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -262,19 +263,25 @@ def test_the_stages_export_label_and_calibrate_score_tables_and_the_report_part_
     probes = pd.DataFrame({"prompt_id": [f"d{i}" for i in range(30)], "subset": ["toxic", "nontoxic"] * 15,
                            "prompt": [f"prompt {i}" for i in range(30)]})
     tables.write_parquet(probes, "probes.parquet", "probes", {})
-    files = {}
+    files, continuations = {}, {}
+    # every toxicity scorer of the demo's run (two) scores the same continuations of each variant
     for key in targets.calibration_scores():
-        variant = key[3]
-        continuation = [texts[j] for j in rng.integers(0, len(texts), 60)]
+        scorer, variant = key[2], key[3]
+        continuation = continuations.setdefault(variant, [texts[j] for j in rng.integers(0, len(texts), 60)])
         score = np.clip([0.9 if "idiot" in c or "damn" in c else 0.6 if "loser" in c else 0.05 for c in continuation]
                         + rng.normal(0, 0.1, 60), 0, 1)
-        files[key] = f"scores/{variant}.parquet"
+        files[key] = f"scores/{scorer}/{variant}.parquet"
+        Path(files[key]).parent.mkdir(parents=True, exist_ok=True)
         tables.write_parquet(pd.DataFrame({
             "prompt_id": np.repeat(probes["prompt_id"], 2).to_numpy(), "subset": np.repeat(probes["subset"], 2).to_numpy(),
-            "variant": variant, "sample": np.tile([0, 1], 30), "continuation": continuation, "scorer": "profanity",
+            "variant": variant, "sample": np.tile([0, 1], 30), "continuation": continuation, "scorer": scorer,
             "score": score}), files[key], "scores", {})
+    assert len({key[2] for key in files}) == 2
     export, design, key = Targets.CALIBRATION_EXPORT, Targets.CALIBRATION_DESIGN, Targets.CALIBRATION_SAMPLE
-    stages.calibration_sample(study, files, {"demo": "probes.parquet"}, export, design, key)
+    stratifying = {k: files[k] for k in targets.calibration_scores(stratifying=True)}
+    with pytest.raises(ValueError, match="stratifying scorer"):
+        stages.calibration_sample(study, files, {"demo": "probes.parquet"}, export, design, key)
+    stages.calibration_sample(study, stratifying, {"demo": "probes.parquet"}, export, design, key)
     written = pd.read_csv(export, dtype=str, keep_default_na=False)
     assert list(written.columns) == list(calibration.EXPORT_COLUMNS) and len(written) == 200
     with open(export, newline="") as handle:

@@ -54,25 +54,35 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tokenizer
 
 
-def _train(model, tokenizer, texts: list[str], settings: TinyModelSettings, seed: int, chat: bool) -> list[float]:
-    """Full-parameter next-token training on `texts`; returns the loss per step."""
+def _fit(model, loss_of, examples: int, steps: int, batch_size: int, learning_rate: float, seed: int) -> list[float]:
+    """Seeded AdamW over all parameters: each step draws `batch_size` of `examples` indices (with replacement, from a
+    generator seeded by `seed`) and descends `loss_of(indices)`; the model is left in eval mode. Returns the loss per
+    step."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
-    encoded = [t + tokenizer.eos_token for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     losses = []
     model.train()
-    for _ in range(settings.steps):
-        pick = torch.randint(len(encoded), (settings.batch_size,), generator=generator).tolist()
-        batch = tokenizer([encoded[i] for i in pick], return_tensors="pt", padding=True, truncation=True,
-                          max_length=settings.max_positions, add_special_tokens=not chat)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+    for _ in range(steps):
+        loss = loss_of(torch.randint(examples, (batch_size,), generator=generator).tolist())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def _train(model, tokenizer, texts: list[str], settings: TinyModelSettings, seed: int, chat: bool) -> list[float]:
+    """Full-parameter next-token training on `texts`; returns the loss per step."""
+    encoded = [t + tokenizer.eos_token for t in texts]
+
+    def loss_of(pick):
+        batch = tokenizer([encoded[i] for i in pick], return_tensors="pt", padding=True, truncation=True,
+                          max_length=settings.max_positions, add_special_tokens=not chat)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return model(**batch, labels=labels).loss
+
+    return _fit(model, loss_of, len(encoded), settings.steps, settings.batch_size, settings.learning_rate, seed)
 
 
 def build_demo_models(corpus: Path, instructions: Path, base_dir: Path, instruct_dir: Path, seed: int,
@@ -163,22 +173,16 @@ def train_guard(examples: list[tuple[str, str, bool]], directory: Path, seed: in
                                                  tokenize=False, add_generation_prompt=True)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         rows.append((ids + answer[unsafe], [-100] * len(ids) + answer[unsafe]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = [rows[i] for i in torch.randint(len(rows), (32,), generator=generator).tolist()]
+
+    def loss_of(pick):
+        batch = [rows[i] for i in pick]
         width = max(len(ids) for ids, _ in batch)  # right padding: positions count from each row's start
         input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([target + [-100] * (width - len(target)) for _, target in batch])
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
+        return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+    losses = _fit(model, loss_of, len(rows), steps, 32, 3e-3, seed)
     _save(model, tokenizer, directory)
     return losses
 
@@ -223,21 +227,14 @@ def train_classifier(examples: list[tuple[str, bool]], directory: Path, seed: in
         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, num_labels=len(CLASSIFIER_LABELS),
         id2label=dict(enumerate(CLASSIFIER_LABELS)), label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
         problem_type="single_label_classification"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = [examples[i] for i in torch.randint(len(examples), (32,), generator=generator).tolist()]
+
+    def loss_of(pick):
+        batch = [examples[i] for i in pick]
         encoded = tokenizer([text for text, _ in batch], return_tensors="pt", padding=True, truncation=True,
                             max_length=128, return_token_type_ids=False)
-        labels = torch.tensor([int(toxic) for _, toxic in batch])
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
+        return model(**encoded, labels=torch.tensor([int(toxic) for _, toxic in batch])).loss
+
+    losses = _fit(model, loss_of, len(examples), steps, 32, learning_rate, seed)
     _save(model, tokenizer, directory)
     return losses
 

@@ -899,6 +899,10 @@ def calibration_sample(study: Study, score_files: dict[tuple, str], probe_tables
     from finetox.metrics import keyed_rng
 
     settings = calibration.settings_of(study)
+    others = sorted({scorer for _, _, scorer, _ in score_files} - {settings.scorer})
+    if others:
+        raise ValueError(f"calibration sample: score tables of {others} given; the sample is drawn from the stratifying "
+                         f"scorer's ({settings.scorer!r}) alone")
     frames = []
     for (probe, protocol, _, variant), path in sorted(score_files.items()):
         table = tables.read_parquet(path, "scores", columns=EXPORT_COLUMNS)
