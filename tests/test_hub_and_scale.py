@@ -71,11 +71,13 @@ def test_study_config_dry_runs_offline_with_the_expected_jobs(tmp_path):
     # 6 instruct->Dolly, 4 instruct->community) of each probe set x protocol x scorer are fitted together,
     # once for the rates and once for BEST; generation jobs follow once the probes are selected, and with
     # them one degeneration job per variant x probe set. Stereotype preference (CrowS-Pairs from the Hub): one job
-    # per variant, and the gathered tables.
+    # per variant, and the gathered tables. How much to trust the scorer: every verdict over the threshold grid per
+    # probe set x protocol x toxicity scorer (3 x 1 x 2), gathered, and the two scorers' agreement.
     assert job_counts(run.stdout) == {
         "probes": 3, "finetune": 6, "merge_generations": 60, "score": 40, "metrics": 120, "compare": 6, "best": 6,
         "degeneration": 60, "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "degeneration_table": 1,
-        "stereotypes": 20, "stereotypes_table": 1, "report": 1, "all": 1,
+        "stereotypes": 20, "stereotypes_table": 1, "threshold_sensitivity": 6, "threshold_table": 1,
+        "scorer_agreement": 1, "report": 1, "all": 1,
     }
 
 

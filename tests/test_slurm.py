@@ -18,7 +18,8 @@ from conftest import REPO
 # The stages the test's config gives a GPU: scoring among them, as a config for the rtp protocol would, to show
 # that the config alone routes a stage to the GPU partition (profiles/slurm/partitions.yaml).
 GPU_RULES = {"finetune", "generate", "score"}
-CPU_RULES = {"demo_models", "probes", "metrics", "degeneration", "compare", "best", "report"}
+CPU_RULES = {"demo_models", "probes", "metrics", "degeneration", "compare", "best", "threshold_sensitivity",
+             "scorer_agreement", "report"}
 # The profile as a cluster user runs it, with this test cluster's overrides: no conda here, no
 # accounting database (so no account and squeue for status), and quick status polling.
 TEST_OVERRIDES = ["--sdm", "env-modules", "--slurm-no-account", "--slurm-status-command", "squeue",

@@ -273,9 +273,11 @@ def test_the_demo_calibrates_its_scorer_against_its_labeller_and_reports_correct
     joined = key.merge(scores, on=["variant", "prompt_id", "sample"], validate="one_to_one")
     flagged, toxic = joined["score"] >= 0.5, joined["id"].map(labels) == "toxic"
     assert toxic.any() and (~toxic).any() and (flagged != toxic).any() and (flagged == toxic).mean() > 0.7
-    accuracy = {r["variant"]: r for r in read(demo_run / "results/tables/scorer_accuracy.csv")}
+    rows = read(demo_run / "results/tables/scorer_accuracy.csv")
+    assert {r["scorer"] for r in rows} == {"profanity", "demo-classifier"}  # every toxicity scorer, the same labels
+    accuracy = {r["variant"]: r for r in rows if r["scorer"] == "profanity"}
     pooled = accuracy["all"]
-    assert pooled["scorer"] == "profanity" and int(pooled["labelled"]) == len(exported) and pooled["weak"] == "False"
+    assert int(pooled["labelled"]) == len(exported) and pooled["weak"] == "False"
     sensitivity, specificity = float(pooled["sensitivity"]), float(pooled["specificity"])
     assert 0.5 < sensitivity < 1 and 0.5 < specificity < 1
     rates = read(demo_run / "results/tables/corrected_rates.csv")

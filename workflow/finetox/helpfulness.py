@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from finetox.likelihood import summed_logprobs
 from finetox.metrics import POOLED
 from finetox.prompts import training_text
 from finetox.tables import SCHEMAS, SchemaError
@@ -172,6 +171,8 @@ def reference_nll(model, tokenizer, examples: pd.DataFrame, template: str, batch
     `torch.inference_mode()` (finetox.likelihood.summed_logprobs); a text longer than the model's context is
     refused rather than cut (lm-eval would cut the context from the left).
     """
+    from finetox.likelihood import summed_logprobs  # (torch: imported by the jobs that score, not by the analyses)
+
     missing = [c for c in ("instruction", "context", "response") if c not in examples.columns]
     if missing:
         raise SchemaError(f"reference_nll: examples lack column(s) {missing}")
