@@ -408,7 +408,7 @@ def posterior_draws(population: Population, draws: int, rng: np.random.Generator
 
 def summary(draws: np.ndarray, prob: float) -> dict:
     """Posterior median, HDI and the Monte Carlo standard error of its limits (batch means)."""
-    from finetox.helpfulness import hdi_with_error
+    from finetox.metrics import hdi_with_error
 
     finite = draws[np.isfinite(draws)]
     if len(finite) < len(draws):

@@ -53,6 +53,21 @@ def hdi_of_draws(draws: np.ndarray, prob: float) -> tuple[float, float]:
     return float(ordered[start]), float(ordered[start + size - 1])
 
 
+# the Monte Carlo error of an HDI limit is estimated from this many batches of the bootstrap's replicates
+_ERROR_BATCHES = 10
+
+
+def hdi_with_error(draws: np.ndarray, prob: float, batches: int = _ERROR_BATCHES) -> tuple[float, float, float]:
+    """The HDI of `draws` and the Monte Carlo standard error of its limits (the larger of the two), by batch
+    means: the standard deviation of the limits of `batches` equal batches of the draws, over batches^(1/3).
+    The shortest interval of the draws settles as draws^(-1/3), not draws^(-1/2) as a quantile does (it is
+    a shorth); measured on bootstrap posteriors of 40 and 200 examples, this estimate matched the standard
+    deviation of the limits over 40 seeds to within 25%, where over sqrt(batches) it fell 15-35% short."""
+    low, high = hdi_of_draws(draws, prob)
+    limits = np.array([hdi_of_draws(batch, prob) for batch in np.array_split(draws, batches)])
+    return low, high, float(limits.std(axis=0, ddof=1).max() / batches ** (1 / 3))
+
+
 def bayesian_bootstrap(numerators: np.ndarray, denominators: np.ndarray, rng: np.random.Generator, replicates: int,
                        chunk: int = 100) -> np.ndarray:
     """Draws of sum(w * numerators[:, j]) / sum(w * denominators[:, j]) for every column j, with the same weights

@@ -110,6 +110,12 @@ def demo_models(study: Study, corpus: str, instructions: str, base_dir: str, ins
     losses.to_csv(loss_csv, index=False)
 
 
+def _publish_trained(build: Path, target: Path, losses: list[float], loss_csv: str) -> None:
+    """Move a model trained into `build` into place and write its loss per step."""
+    _publish_directory(build, target)
+    pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
+
+
 def demo_guard(study: Study, rude: str, clean: str, corpus: str, guard_dir: str, loss_csv: str) -> None:
     """The demo's guard, trained on its rude and clean answers (finetox.demo.train_guard)."""
     from finetox.demo import demo_guard_examples, train_guard
@@ -118,9 +124,7 @@ def demo_guard(study: Study, rude: str, clean: str, corpus: str, guard_dir: str,
     build = _building(target)
     examples = demo_guard_examples(Path(rude), Path(clean), Path(corpus), study.seed)
     print(f"demo guard: {len(examples)} examples, {sum(u for *_, u in examples)} unsafe", flush=True)
-    losses = train_guard(examples, build, study.seed)
-    _publish_directory(build, target)
-    pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
+    _publish_trained(build, target, train_guard(examples, build, study.seed), loss_csv)
 
 
 def demo_classifier(study: Study, rude: str, clean: str, corpus: str, classifier_dir: str, loss_csv: str) -> None:
@@ -132,9 +136,7 @@ def demo_classifier(study: Study, rude: str, clean: str, corpus: str, classifier
     build = _building(target)
     examples = demo_classifier_examples(Path(rude), Path(clean), Path(corpus), study.seed)
     print(f"demo classifier: {len(examples)} examples, {sum(toxic for _, toxic in examples)} toxic", flush=True)
-    losses = train_classifier(examples, build, study.seed)
-    _publish_directory(build, target)
-    pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).to_csv(loss_csv, index=False)
+    _publish_trained(build, target, train_classifier(examples, build, study.seed), loss_csv)
 
 
 def finetune(study: Study, variant_name: str, adapter_dir: str, loss_csv: str) -> None:
@@ -549,9 +551,7 @@ def stereotypes_table(study: Study, files: list[str], output: str, comparisons_o
     from finetox.decision import rope_of
     from finetox.stereotypes import COMPUTED, stereotype_comparisons, stereotype_summary
 
-    frames = [tables.read_csv(path, "stereotype_pairs") for path in files]
-    per_pair = (pd.concat(frames, ignore_index=True) if frames
-                else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["stereotype_pairs"].items()}))
+    per_pair = _gathered(files, "stereotype_pairs")
     compare = study.compare_settings
     tables.write_csv(stereotype_summary(per_pair, compare["hdi_prob"], compare["prior"], study.seed,
                                         study.stereotypes["replicates"]), output, "stereotypes")
@@ -561,6 +561,13 @@ def stereotypes_table(study: Study, files: list[str], output: str, comparisons_o
     for row in comparisons[comparisons["status"] != COMPUTED].itertuples():
         print(f"stereotypes: comparison {row.comparison} {row.status}", flush=True)
     tables.write_csv(comparisons, comparisons_output, "stereotype_comparisons")
+
+
+def _gathered(files: list[str], schema: str) -> pd.DataFrame:
+    """The CSV tables of one schema, concatenated; with none, an empty table of the schema's columns."""
+    if not files:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS[schema].items()})
+    return pd.concat([tables.read_csv(path, schema) for path in files], ignore_index=True)
 
 
 def _without_model(study: Study, texts: str, scores: str) -> dict[str, str]:
@@ -580,9 +587,7 @@ def capability_table(study: Study, files: list[str], output: str, comparisons_ou
     was skipped: a variant scored elsewhere has no model to score reference answers with)."""
     from finetox.helpfulness import COMPUTED, capability_comparisons, capability_summary
 
-    frames = [tables.read_csv(path, "capability") for path in files]
-    per_example = (pd.concat(frames, ignore_index=True) if frames
-                   else pd.DataFrame({c: pd.Series(dtype=t) for c, t in tables.SCHEMAS["capability"].items()}))
+    per_example = _gathered(files, "capability")
     prob, settings = study.compare_settings["hdi_prob"], study.capability
     absent = _without_model(study, "reference answers", "reference-answer NLL")
     tables.write_csv(capability_summary(per_example, prob, study.seed, settings["replicates"]), output,
