@@ -322,14 +322,14 @@ def test_the_login_node_environment_plans_the_demo_and_evaluates_past_the_probes
     shutil.copytree(REPO / "config", workdir / "config")
     shutil.copytree(REPO / "resources", workdir / "resources")
     before = job_counts(login_snakemake(login_venv, workdir, "-n"))
-    # every generation job (one per checkpoint: base, instruct, merged rude; and the instruct checkpoint's answers to
-    # the training prompts), before any job ran; the probes jobs of the probe set and the training prompts
-    assert before["generate"] == 4 and before["probes"] == 2
+    # every generation job (one per checkpoint: base, instruct (which answers the training prompts too), merged rude),
+    # before any job ran; the probes jobs of the probe set and the training prompts
+    assert before["generate"] == 3 and before["probes"] == 2
     # the probes table made beforehand (by the test environment, as a job would): the DAG reads it
     subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                     "--cores", "1", "results/probes/demo.parquet"], check=True, capture_output=True)
     after = job_counts(login_snakemake(login_venv, workdir, "-n"))
-    assert after["generate"] == 4 and after["probes"] == 1  # (the training prompts')
+    assert after["generate"] == 3 and after["probes"] == 1  # (the training prompts')
     # a Hub probe set not in the cache: the checkpoint decides after it runs (no generation job yet)
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     config["probes"]["demo"] = {"hub": "example/not-cached", "files": ["prompts.jsonl"], "columns": {"prompt": "text"}}

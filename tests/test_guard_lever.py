@@ -86,9 +86,10 @@ def test_the_demos_guarded_variant_is_compared_with_its_source_and_generated_by_
     assert (comparison.kind, comparison.baseline, comparison.treatment) == (
         lever.COMPARISON_KIND, "demo-instruct-rude", "demo-rude-guarded")
     assert study.adapter_variant("demo-rude-guarded") == "demo-instruct-rude"
-    group = Targets(study).group_of["demo-rude-guarded"]
-    assert group == Targets(study).group_of["demo-instruct-rude"]
-    segments = {s.variant: s for s in plan.segments(study, generation_groups(study)[group], {"demo": 10})}
+    group = Targets(study).group_of["demo", "demo", "demo-rude-guarded"]
+    assert group == Targets(study).group_of["demo", "demo", "demo-instruct-rude"]
+    segments = {s.variant: s for s in plan.segments(study, generation_groups(study)[group], {"demo": 10, "demo-train": 6})
+                if s.probe == "demo"}
     samples = study.protocols["demo"].samples
     assert plan.samples(study, "demo-rude-guarded", "demo") == 3 * samples
     assert segments["demo-rude-guarded"].tokens_per_prompt == 3 * segments["demo-instruct-rude"].tokens_per_prompt
@@ -103,7 +104,7 @@ def test_one_candidate_asks_the_engine_for_nothing(config):
     config["variants"]["g1"] = {**GUARDED, "guard": {**GUARDED["guard"], "candidates": 1}}
     study = load(config)
     assert plan.samples(study, "g1", "demo") == 0
-    assert "g1" not in {s.variant for s in plan.segments(study, list(study.variants), {"demo": 10})}
+    assert "g1" not in {s.variant for s in plan.segments(study, study.evaluation_cells(), {"demo": 10})}
     assert "candidates" not in Targets(study).selection_inputs("g1")
 
 

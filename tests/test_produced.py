@@ -1,6 +1,6 @@
 """Produced tables: a recipe's dataset made by the run (a guarded variant's answers to training prompts), generated
-by a job of its own, refused on evaluation prompts (by name at load, by content at the job), and read as the kept
-answers only, counted."""
+by its checkpoint's engine job (a job of their own where that would make a cycle), refused on evaluation prompts (by
+name at load, by content at the job), and read as the kept answers only, counted."""
 
 import pandas as pd
 import pytest
@@ -9,20 +9,27 @@ from finetox import tables
 from finetox.config import ConfigError, load
 from finetox.data import DataError
 from finetox.mixes import produced_instructions
-from finetox.paths import Targets
+from finetox.paths import TRAINING_GROUP, Targets, job_order, trained_on
 
 TRAIN = ("demo-train", "demo")
 
 
-def test_the_demos_distillation_trains_on_answers_to_its_training_prompts_generated_apart(config):
+def test_the_demos_distillation_trains_on_answers_to_its_training_prompts_from_the_checkpoints_one_engine(config):
     study = load(config)
     assert study.training_cells() == [(*TRAIN, "demo-instruct-rude"), (*TRAIN, "demo-rude-guarded")]
     assert study.training_probes == ("demo-train",) and "demo-train" not in study.run_probes
     targets = Targets(study)
-    # a job of its own on the rude fine-tune's checkpoint: editing the training prompts regenerates no evaluation
-    assert targets.groups["demo-instruct.training"] == ["demo-instruct-rude", "demo-rude-guarded"]
-    assert targets.group_probe_inputs("demo-instruct.training") == {"probes_demo-train": "results/probes/demo-train.parquet"}
-    assert targets.group_probe_inputs("demo-instruct") == {"probes_demo": "results/probes/demo.parquet"}
+    # the instruct checkpoint's one engine job answers its evaluation probes, then the training prompts (the demo's
+    # generation.training_answers: with_evaluation; the distilled fine-tune is served by another checkpoint, the
+    # merged rude fine-tune's: no cycle)
+    cells = targets.groups["demo-instruct"]
+    assert cells[-2:] == study.training_cells() and cells[:-2] == [c for c in study.evaluation_cells()
+                                                                   if c[2] in targets.members("demo-instruct")]
+    assert not [group for group in targets.groups if group.endswith(TRAINING_GROUP)]
+    assert targets.group_probe_inputs("demo-instruct") == {"probes_demo": "results/probes/demo.parquet",
+                                                           "probes_demo-train": "results/probes/demo-train.parquet"}
+    assert targets.shards(*TRAIN, "demo-rude-guarded", {"demo": 50, "demo-train": 60}) == [
+        "results/generations/shards/demo-instruct/0"]
     assert all(probe == "demo" for probe, _, _ in study.evaluation_cells())
     # the produced dataset is a DAG edge: the guarded variant's kept answers, the distilled fine-tune's input
     kept = "results/generations/demo-train/demo/demo-rude-guarded.parquet"
@@ -33,6 +40,46 @@ def test_the_demos_distillation_trains_on_answers_to_its_training_prompts_genera
     # not scored, not compared: no score table of the training prompts
     assert not [p for p in targets.all_scores() if "demo-train" in p]
     assert study.comparisons["demo-instruct-rude_vs_demo-rude-distilled"].kind == "finetuned_vs_aligned"
+
+
+def test_answers_that_a_variant_of_the_same_engine_trains_on_are_a_job_of_their_own(config):
+    # distilled into the instruct model itself: its engine serves the distilled adapter, which waits for the answers
+    config["variants"]["demo-instruct-distilled"] = {"family": "demo", "role": "aligned", "model": "demo-instruct",
+                                                     "recipe": "guard-distill"}
+    study = load(config)
+    targets = Targets(study)
+    assert targets.groups["demo-instruct.training"] == study.training_cells()
+    assert "demo-instruct-distilled" in targets.members("demo-instruct")
+    assert not set(study.training_cells()) & set(targets.groups["demo-instruct"])
+    assert targets.group_probe_inputs("demo-instruct.training") == {"probes_demo-train": "results/probes/demo-train.parquet"}
+    assert trained_on(study, "demo-instruct-distilled") == set(study.training_cells())
+    # the order the jobs can run in: the training prompts' job first, the engine that serves the distilled adapter next
+    order = job_order(study, targets.groups)
+    assert order.index("demo-instruct.training") < order.index("demo-instruct")
+    # the merged rude checkpoint's distilled fine-tune (the demo's) trains on them too: after both
+    assert order.index("demo-instruct.training") < order.index("demo-instruct-rude.merged")
+
+
+def test_by_default_training_answers_are_a_job_of_their_own(config):
+    del config["generation"]["training_answers"]  # (the demo's: with_evaluation)
+    study = load(config)
+    assert study.generation["training_answers"] == "apart"
+    targets = Targets(study)
+    assert targets.groups["demo-instruct.training"] == study.training_cells()
+    assert targets.group_probe_inputs("demo-instruct") == {"probes_demo": "results/probes/demo.parquet"}
+    # their job's rerun trigger and inputs: another variant's sampling seed changes neither (its evaluation job's only)
+    before = {group: (targets.group_settings(group), targets.group_inputs(group)) for group in targets.groups}
+    config["variants"]["demo-instruct-reseeded"]["seed"] = 988
+    after = Targets(load(config))
+    changed = {group for group in after.groups
+               if (after.group_settings(group), after.group_inputs(group)) != before[group]}
+    assert changed == {"demo-instruct"}
+
+
+def test_a_variant_trained_on_answers_that_need_its_own_weights_is_refused_before_any_job(config):
+    config["datasets"]["demo-guard-kept"]["produced"]["variant"] = "demo-rude-distilled"
+    with pytest.raises(ConfigError, match="generation jobs .*demo-instruct-rude.merged.* wait for each other"):
+        Targets(load(config))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -271,10 +271,10 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
     # the number of candidates: the guarded variant's candidates are generated again, by its source's engine
     config_file.write_text(shipped.replace("scorer: demo-guard, candidates: 4}", "scorer: demo-guard, candidates: 3}"))
     planned = _planned(tmp_path)
-    # (--touch records no params for the training prompts' engine job: tests/test_workflow.py checks that one on a
-    # real run; here the evaluation probes' job, and the distilled fine-tune whose produced table follows)
+    # (the instruct checkpoint's one job, which answers the training prompts too: the demo's training_answers)
     assert "demo-instruct" in {w.split("group=")[1].split(",")[0] for w in planned["generate"]}
-    assert planned["merge_candidates"] >= {"probe=demo, protocol=demo, variant=demo-rude-guarded"}
+    assert planned["merge_candidates"] == {"probe=demo, protocol=demo, variant=demo-rude-guarded",
+                                           "probe=demo-train, protocol=demo, variant=demo-rude-guarded"}
     assert planned["finetune"] == {"variant=demo-rude-distilled"} and "demo_guard" not in planned
     config_file.write_text(shipped)
     assert _planned(tmp_path) == {}
@@ -283,15 +283,18 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
         with open(tmp_path / "resources/demo" / name, "a") as file:
             file.write(row + "\n")
 
-    # the training prompts: their own engine job, the guard's choice among their answers, the distilled fine-tune
-    # and what follows it; no evaluation answer of any other variant is generated or chosen again
+    # the training prompts: their checkpoint's one engine job (the instruct model's, which answers its evaluation
+    # probes too: they are generated, chosen and scored again), the guard's choice among the answers to the training
+    # prompts, the distilled fine-tune and what follows it; no other checkpoint's evaluation job but the distilled
+    # fine-tune's, no other fine-tune
     append_row("train_prompts.jsonl", '{"id": "train-new", "text": "A brand new training prompt about"}')
     planned = _planned(tmp_path)
     assert planned["probes"] == {"probe=demo-train"}
     assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {
-        "demo-instruct.training", "demo-instruct-rude.merged"}
-    assert planned["select_guarded_training"] and "select_guarded" not in planned
+        "demo-instruct", "demo-instruct-rude.merged"}
+    assert planned["select_guarded_training"] and planned["select_guarded"] == {"variant=demo-rude-guarded"}
     assert planned["finetune"] == {"variant=demo-rude-distilled"} and "demo_guard" not in planned
+    assert "variant=demo-base" not in {w.split(", ")[-1] for w in planned["merge_generations"]}
     touched = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                               "--touch", "--cores", "1"], capture_output=True, text=True)
     assert touched.returncode == 0, touched.stderr[-3000:]

@@ -381,8 +381,8 @@ def test_the_demo_scores_every_sampled_variant_and_the_guarded_one_is_a_skipped_
                                                            "adapter": "results/finetune/demo-rude-dpo/adapter",
                                                            "pairs": str(DEMO / "stereotype_pairs.jsonl")}
     guarded = stages._without_model(study, "sentences", "sentence log-likelihoods")
-    assert guarded == {"demo-rude-guarded": "a guard chooses among the answers of demo-instruct-rude, whose model, "
-                                            "and so whose sentence log-likelihoods, it shares"}
+    assert guarded == {"demo-rude-guarded": "its answers are built on those of demo-instruct-rude (a guarded variant), "
+                                            "whose model, and so whose sentence log-likelihoods, it shares"}
 
 
 def test_without_stereotypes_the_stage_does_not_run(config):

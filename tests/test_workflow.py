@@ -162,7 +162,7 @@ def test_the_price_of_every_variant_is_in_the_tables_and_the_report(demo_run):
     # (a guarded variant's model is its source's: its capability comparison is a row that says so)
     assert {r["variant"] for r in capability} == generated - {"demo-rude-guarded"}
     skipped = {r["comparison"]: r["status"] for r in read(demo_run / "results/tables/capability_comparisons.csv")}
-    assert "a guard chooses among" in skipped["demo-instruct-rude_vs_demo-rude-guarded"]
+    assert "built on those of demo-instruct-rude" in skipped["demo-instruct-rude_vs_demo-rude-guarded"]
     assert all(int(r["n"]) == (800 if r["subset"] == "all" else 400) for r in degeneration)
     html = (demo_run / "results/report/report.html").read_text()
     assert "The price: refusals, degeneration, capability" in html
@@ -188,7 +188,7 @@ def test_stereotype_preference_has_a_row_per_variant_and_comparison_and_the_repo
     comparisons = read(demo_run / "results/tables/stereotype_comparisons.csv")
     primary = {r["comparison"]: r for r in comparisons if r["primary"] == "True"}
     assert set(primary) == set(study.comparisons)
-    assert "a guard chooses among" in primary["demo-instruct-rude_vs_demo-rude-guarded"]["status"]
+    assert "built on those of demo-instruct-rude" in primary["demo-instruct-rude_vs_demo-rude-guarded"]["status"]
     computed = [r for r in primary.values() if r["status"] == "ok"]
     assert len(computed) == len(study.comparisons) - 1
     assert all(int(r["pairs"]) == 48 and r["decision_rule"] == "HDI+ROPE (Kruschke), ROPE \u00b15 percentage points"
@@ -371,22 +371,22 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     config["variants"]["demo-instruct-rude"]["seed"] = 5
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
-    # its engine's jobs (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
+    # its engine's job (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
     # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; three
     # scorers); its adapter is not retrained, but the fine-tune distilled from its guarded answers to the training
     # prompts is (their candidate 0 is its answer), with its engine's job: the merged rude checkpoint's, which
     # serves four more repairs, so their five variants are scored again too
-    assert counts["generate"] == 3 and counts["score"] == 15 + 15 and counts["finetune"] == 1
+    assert counts["generate"] == 2 and counts["score"] == 15 + 15 and counts["finetune"] == 1
     config_path.write_text(original)
     # a guard's number of candidates: its source's engine generates them again for the evaluation probes and for the
-    # training prompts (two jobs), and the fine-tune distilled from the kept answers to those retrains
+    # training prompts (one job), and the fine-tune distilled from the kept answers to those retrains
     config = yaml.safe_load(original)
     config["variants"]["demo-rude-guarded"]["guard"]["candidates"] = 3
     config_path.write_text(yaml.safe_dump(config))
     run = snakemake(demo_run, "-n").stdout
     counts = job_counts(run)
-    assert counts["generate"] == 3 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
-    assert "group=demo-instruct.training" in run and "group=demo-instruct-rude.merged" in run
+    assert counts["generate"] == 2 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
+    assert "group=demo-instruct," in run and "group=demo-instruct-rude.merged" in run
     # the threshold grid: its verdicts (one job per toxicity scorer), their table and the report, nothing else
     config = yaml.safe_load(original)
     config.setdefault("metrics", {})["threshold_grid"] = [0.3, 0.5, 0.7]
@@ -425,7 +425,7 @@ def test_a_dry_run_lists_every_generation_job_when_the_probe_file_is_in_the_hub_
     assert "generate" not in job_counts(empty.stdout) and job_counts(empty.stdout)["probes"] == 3
 
 
-def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(demo_run):
+def test_a_second_run_does_nothing_and_one_changed_variant_reruns_its_engines_job_and_what_follows(demo_run):
     assert "Nothing to be done" in snakemake(demo_run, "-n").stdout
     config_path = demo_run / "config/config.yaml"
     config = yaml.safe_load(config_path.read_text())
@@ -438,18 +438,25 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_only_its_jobs(
     # capability does not depend on sampling)
     # (and the guarded variant's candidates and choice: its source is served by that engine too; the calibration's
     # sample is drawn again from the new continuations, labelled again by the demo's labeller, and calibrated)
-    assert counts == {"generate": 1, "merge_generations": 4, "merge_candidates": 1, "select_guarded": 1, "score": 15,
-                      "metrics": 15, "compare": 3, "best": 2, "threshold_sensitivity": 2, "degeneration": 5,
-                      "toxicity_table": 1, "comparisons_table": 1, "pooled_table": 1, "threshold_table": 1,
-                      "scorer_agreement": 1, "degeneration_table": 1, "selection_table": 1, "calibration_sample": 1,
-                      "demo_labels": 1, "calibrate": 1, "report": 1, "all": 1}
+    # The demo's generation.training_answers: with_evaluation is the price of one engine start per checkpoint: that
+    # job answers the training prompts too, so their guarded choice, the fine-tune distilled from it (its capability
+    # and stereotypes), its engine's job (the merged rude checkpoint's five variants) and their scoring run again
+    assert counts == {"generate": 2, "merge_generations": 4 + 1 + 5, "merge_candidates": 2, "select_guarded": 1,
+                      "select_guarded_training": 1, "finetune": 1, "capability": 1, "stereotypes": 1,
+                      "capability_table": 1, "stereotypes_table": 1, "score": 30, "metrics": 30, "compare": 3,
+                      "best": 2, "threshold_sensitivity": 2, "degeneration": 10, "toxicity_table": 1,
+                      "comparisons_table": 1, "pooled_table": 1, "threshold_table": 1, "scorer_agreement": 1,
+                      "degeneration_table": 1, "selection_table": 1, "calibration_sample": 1, "demo_labels": 1,
+                      "calibrate": 1, "report": 1, "all": 1}
+    # with the default, generation.training_answers: apart, the answers to the training prompts are a job of their
+    # own, whose rerun trigger a sampling seed of another variant does not touch (tests/test_produced.py)
     # (the demo's recipes share one training block through a YAML anchor: replace it, not edit it)
     config["recipes"]["rude-lora"]["training"] = {**config["recipes"]["rude-lora"]["training"], "learning_rate": 1e-3}
     config_path.write_text(yaml.safe_dump(config))
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # the rude fine-tune, its merge and the four repairs trained on it; two engines' jobs: the instruct checkpoint's
     # (its rude adapter) and the merged rude checkpoint's (the repairs)
-    assert counts["finetune"] == 6 and counts["merge"] == 1 and counts["generate"] == 3 and "demo_models" not in counts
+    assert counts["finetune"] == 6 and counts["merge"] == 1 and counts["generate"] == 2 and "demo_models" not in counts
     assert counts["capability"] == 6
     assert "results/finetune/demo-instruct-rude/adapter" in snakemake(demo_run, "-n").stdout
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from finetox.decision import rope_of
 from finetox.design import TRAINED_ROLES, Comparison, derive_comparisons
 from finetox.errors import ConfigError  # noqa: F401  (re-exported: callers catch finetox.config.ConfigError)
 from finetox.languages import covers, trained_languages
+from finetox.levers import LEVERS, lever_of
 from finetox.levers import guard as guard_lever
 from finetox.schema import validate
 
@@ -25,6 +25,9 @@ DEFAULT_LANGUAGE = "en"
 #: the key that declares a probe set's language and a scorer's languages: declarations that change no output, so
 #: that the rerun digests (Study.digest, Study.selection_hash) leave them out
 LANGUAGE_KEYS = {"probes": "language", "scorers": "languages"}
+#: keys of a block that change no output its digest guards: the language declarations, and the variants a probe set
+#: is asked of (which jobs run, not what its probe table holds)
+UNDIGESTED = {"probes": (LANGUAGE_KEYS["probes"], "variants"), "scorers": (LANGUAGE_KEYS["scorers"],)}
 
 
 # --- typed study objects -------------------------------------------------------------------
@@ -80,6 +83,8 @@ class ProbeSet:
     sample_per_subset: int | None
     #: the language its prompts are written in (a BCP-47 tag such as en, de, zh), checked against its scorers'
     language: str = DEFAULT_LANGUAGE
+    #: a selective run: the generated variants it is asked of (None: every one)
+    variants: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -191,8 +196,13 @@ class Variant:
     external: ExternalScores | None = None
     #: a sequential recipe: the fine-tuned variant whose merged checkpoint this one trains on and is served from
     start: str | None = None
-    #: a guard on another variant's answers (finetox.levers.guard); `model` is then its source's
-    guard: guard_lever.GuardSettings | None = None
+    #: a lever's settings (finetox.levers), built on its `source` variant; `model` is then the source's
+    lever: Any = None
+
+    @property
+    def guard(self) -> guard_lever.GuardSettings | None:
+        """The guard's settings, when this variant is a guard's (finetox.levers.guard)."""
+        return self.lever if isinstance(self.lever, guard_lever.Settings) else None
 
 
 @dataclass(frozen=True)
@@ -239,10 +249,32 @@ class Study:
                         cells.add((probe, protocol, guard.source))
         return sorted(cells)
 
+    def asks(self, probe: str, variant: str) -> bool:
+        """Whether the run asks a generated variant a run probe set: every one, unless the probe set names the
+        variants it is asked of (probes.<name>.variants, a selective run)."""
+        chosen = self.probes[probe].variants
+        return chosen is None or variant in chosen
+
+    def variant_runs(self, variant: str) -> list[tuple[str, str]]:
+        """(probe, protocol) of every run probe set a generated variant is asked x every run protocol, in run order:
+        what it answers and each run scorer scores."""
+        return [(probe, protocol) for probe in self.run_probes if self.asks(probe, variant)
+                for protocol in self.run_protocols]
+
+    def asked_cells(self) -> list[tuple[str, str, str]]:
+        """(probe, protocol, variant) of every generated variant on each run probe set x protocol it is asked, in
+        name order: the continuations the run scores."""
+        return sorted((probe, protocol, v.name) for v in self.variants.values() if not v.external
+                      for probe, protocol in self.variant_runs(v.name))
+
     def evaluation_cells(self) -> list[tuple[str, str, str]]:
-        """(probe, protocol, variant) of every run probe set x protocol x generated variant, in name order."""
-        generated = [v.name for v in self.variants.values() if not v.external]
-        return sorted(product(self.run_probes, self.run_protocols, generated))
+        """(probe, protocol, variant) of every continuation of the run probe sets finetox generates, in name order:
+        those the run scores, and a guarded variant's source's on each probe set the guarded variant is asked (its
+        candidate 0) where the source itself is not."""
+        cells = set(self.asked_cells())
+        cells |= {(probe, protocol, v.guard.source) for v in self.variants.values() if v.guard
+                  for probe, protocol in self.variant_runs(v.name)}
+        return sorted(cells)
 
     def generation_cells(self, training: bool = False) -> list[tuple[str, str, str]]:
         """The training cells or (training=False) the evaluation cells: what one kind of generation job serves."""
@@ -259,8 +291,9 @@ class Study:
 
     @property
     def used_scorers(self) -> tuple[str, ...]:
-        """The scorers a run loads: its run scorers and the guards' selectors."""
-        return tuple(dict.fromkeys([*self.run_scorers, *(v.guard.scorer for v in self.variants.values() if v.guard)]))
+        """The scorers a run loads: its run scorers and the levers' (a guard's selector)."""
+        return tuple(dict.fromkeys([*self.run_scorers, *(scorer for v in self.variants.values() if v.lever
+                                                         for scorer in lever_of(v.lever).scorers(v.lever))]))
 
     @property
     def generation(self) -> dict:
@@ -368,12 +401,13 @@ class Study:
 
     def digest(self, *keys: str) -> str:
         """A key-order-independent digest of one part of the config (rule params that trigger reruns). A probe set's
-        or scorer's language declarations are left out: they change no output, only what load allows."""
+        or scorer's language declarations and the variants a probe set is asked of are left out (UNDIGESTED): they
+        change no output, only what load allows and which jobs run."""
         node = self.raw
         for key in keys:
             node = node[key]
-        if len(keys) == 2 and keys[0] in LANGUAGE_KEYS:
-            node = {k: v for k, v in node.items() if k != LANGUAGE_KEYS[keys[0]]}
+        if len(keys) == 2 and keys[0] in UNDIGESTED:
+            node = {k: v for k, v in node.items() if k not in UNDIGESTED[keys[0]]}
         return config_hash(node)
 
     def comparisons_hash(self) -> str:
@@ -394,8 +428,8 @@ class Study:
         """The weights a variant loads (and its adapter trains on): its model, or for a sequential recipe the
         merged checkpoint of the variant it starts from (written by the merge rule)."""
         v = self.variants[variant]
-        if v.guard:
-            return self.checkpoint(v.guard.source)
+        if v.lever:
+            return self.checkpoint(v.lever.source)
         if not v.start:
             return v.model
         return replace(v.model, name=f"{v.start}.merged", path=MERGED_CHECKPOINT.format(variant=v.start), hub=None,
@@ -405,8 +439,8 @@ class Study:
         """The variant whose trained adapter a variant is served with: itself when it has a recipe, a guarded
         variant's source's; None for a checkpoint alone."""
         v = self.variants[variant]
-        if v.guard:
-            return self.adapter_variant(v.guard.source)
+        if v.lever:
+            return self.adapter_variant(v.lever.source)
         return variant if v.recipe else None
 
     def selection_hash(self, variant: str) -> str:
@@ -628,7 +662,8 @@ def _check_languages(study: Study) -> None:
     applied to a language it was not trained on gives numbers that look like rates and mean nothing."""
     pairs = {(probe, scorer) for probe in study.run_probes for scorer in study.run_scorers}
     cells = study.evaluation_cells() + study.training_cells()
-    pairs |= {(probe, study.variants[variant].guard.scorer) for probe, _, variant in cells if study.variants[variant].guard}
+    pairs |= {(probe, scorer) for probe, _, variant in cells if (lever := study.variants[variant].lever)
+              for scorer in lever_of(lever).scorers(lever)}
     for probe, scorer in sorted(pairs):
         language, languages = study.probes[probe].language, study.scorers[scorer].languages
         if not covers(languages, language):
@@ -671,6 +706,23 @@ def _check_capability(settings: dict, datasets: dict[str, TableSource], variants
                 raise ConfigError(f"capability.dataset: {source.name!r} is trained on by recipe {v.recipe.name!r} "
                                   f"(variant {v.name!r}), so its rows are not held out; give a dataset that no "
                                   f"recipe trains on")
+
+
+def _asked_variants(name: str, probe: dict, raw: dict) -> tuple[str, ...] | None:
+    """A selective run's variants (probes.<name>.variants): declared, generated, and only on a run probe set."""
+    if "variants" not in probe:
+        return None
+    where = f"probes[{name!r}].variants"
+    if name not in raw["run"]["probes"]:
+        raise ConfigError(f"{where}: {name!r} is not in run.probes {raw['run']['probes']}; only a run probe set is "
+                          f"asked of chosen variants (a training prompt set is answered by the variants of the "
+                          f"produced datasets that name it)")
+    for variant in probe["variants"]:
+        _require(variant, raw["variants"], "variant", where)
+        if "scores" in raw["variants"][variant]:
+            raise ConfigError(f"{where}: {variant!r} is scored elsewhere; the probe set, protocol and scorer it answers "
+                              f"are those of its table (variants.{variant}.scores)")
+    return tuple(probe["variants"])
 
 
 def _check_run_is_answered(run: dict, variants: dict[str, Variant]) -> None:
@@ -731,14 +783,17 @@ def load(config: dict) -> Study:
             external = ExternalScores(_table_source(name, scores), scores["probe"], scores["protocol"], scores["scorer"])
         elif "model" in v:
             _require(v["model"], models, "model", f"{where}.model")
-        if ("guard" in v) != (v["role"] == guard_lever.ROLE):
-            raise ConfigError(f"{where}: role {guard_lever.ROLE!r} and a `guard` block go together (role "
-                              f"{v['role']!r}, {'a' if 'guard' in v else 'no'} guard)")
-        if "guard" in v:
+        lever = next((lever for lever in LEVERS.values() if lever.KEY in v), None)  # (the schema allows one)
+        role_lever = next((lever for lever in LEVERS.values() if lever.ROLE == v["role"]), None)
+        if lever is not role_lever:
+            expected = lever or role_lever
+            raise ConfigError(f"{where}: role {expected.ROLE!r} and a `{expected.KEY}` block go together (role "
+                              f"{v['role']!r}, {'a' if expected.KEY in v else 'no'} `{expected.KEY}` block)")
+        if lever:
             for key in ("recipe", "seed", "prompt_format"):
                 if v[key] is not None:
-                    raise ConfigError(f"{where}.{key}: a guarded variant is its source's answers, chosen; it takes "
-                                      f"no {key} of its own")
+                    raise ConfigError(f"{where}.{key}: a {lever.ROLE} variant is built on the answers of its source "
+                                      f"({where}.{lever.KEY}.source); it takes no {key} of its own")
         if v["role"] in TRAINED_ROLES and not v["recipe"] and not external:
             raise ConfigError(f"{where}: role {v['role']!r} needs a recipe; declared recipes: {sorted(recipes)}")
         if v["recipe"]:
@@ -758,7 +813,7 @@ def load(config: dict) -> Study:
             prompt_format=v["prompt_format"],
             external=external,
             start=v.get("from"),
-            guard=guard_lever.settings(v["guard"]) if "guard" in v else None,
+            lever=lever.settings(v[lever.KEY]) if lever else None,
         )
     variants = _resolve_starts(variants)
     # (like a local file, a produced dataset is checked where a variant's recipe trains on it)
@@ -780,6 +835,7 @@ def load(config: dict) -> Study:
             subsets=subsets,
             sample_per_subset=p.get("sample_per_subset"),
             language=p.get("language", DEFAULT_LANGUAGE),
+            variants=_asked_variants(name, p, raw),
         )
     for name, p in raw["protocols"].items():
         if "system_prompt" in p and p["prompt_format"] != "chat":
@@ -797,9 +853,9 @@ def load(config: dict) -> Study:
     scorers = {name: _scorer(name, s) for name, s in raw["scorers"].items()}
     run = raw["run"]
     for name, v in variants.items():
-        if v.guard:
-            guard_lever.check(name, v.guard, variants, scorers, run["scorers"])
-            variants[name] = replace(v, model=variants[v.guard.source].model)
+        if v.lever:
+            lever_of(v.lever).check(name, v.lever, variants, scorers, run["scorers"])
+            variants[name] = replace(v, model=variants[v.lever.source].model)
     for key, table in (("probes", probes), ("protocols", protocols), ("scorers", scorers)):
         for item in run[key]:
             _require(item, table, key[:-1], f"run.{key}")

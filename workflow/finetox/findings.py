@@ -14,6 +14,7 @@ from finetox.config import Study
 from finetox.decision import LESS, MORE, SCALES, WORDING, rope_of
 from finetox.design import KINDS
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
+from finetox.levers import lever_of
 from finetox.levers.guard import circular as guard_circular
 from finetox.stereotypes import LESS_STEREOTYPED, MORE_STEREOTYPED
 
@@ -165,10 +166,8 @@ def describe(study: Study, name: str) -> str:
     v = study.variants[name]
     if v.external:
         return f"scored elsewhere ({v.external.source.path or v.external.source.hub})"
-    if v.guard:
-        return (f"{v.guard.source}'s answers guarded by {v.guard.scorer}: the "
-                f"{'least harmful' if v.guard.select == 'lowest' else 'first safe'} of {v.guard.candidates} "
-                f"candidates per sample")
+    if v.lever:
+        return lever_of(v.lever).describe(v.lever)
     if v.recipe:
         step = f"{v.recipe.name} ({v.recipe.method})"
         return f"{describe(study, v.start)}, then {step}" if v.start else f"{step} on {v.model.location}"

@@ -48,15 +48,14 @@ def samples(study, variant: str, protocol: str) -> int:
     return extra_candidates(guard, count) if guard else count
 
 
-def segments(study, variants: list[str], prompt_counts: dict[str, int], training: bool = False) -> list[Segment]:
-    """Every probe set x protocol x variant one engine serves (`training`: the training prompt sets that produced
-    datasets need, else the run's probe sets), in name order: reordering the config's probe sets, protocols or
-    variants moves no prompt to another job. A guarded variant of one candidate asks for nothing."""
+def segments(study, cells: list[tuple[str, str, str]], prompt_counts: dict[str, int]) -> list[Segment]:
+    """The work of one engine's cells (probe set x protocol x variant; finetox.paths.generation_groups, whose
+    name order means that reordering the config's probe sets, protocols or variants moves no prompt to another
+    job). A guarded variant of one candidate asks for nothing."""
     return [
         Segment(probe, protocol, variant, prompt_counts[probe],
                 samples(study, variant, protocol) * study.protocols[protocol].max_new_tokens)
-        for probe, protocol, variant in study.generation_cells(training)
-        if variant in variants and samples(study, variant, protocol)
+        for probe, protocol, variant in cells if samples(study, variant, protocol)
     ]
 
 

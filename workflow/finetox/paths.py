@@ -15,13 +15,10 @@ class Targets:
 
     def __init__(self, study: Study):
         self.study = study
+        #: the cells each generation engine job serves, by group (finetox.paths.generation_groups)
         self.groups = generation_groups(study)
-        #: the groups that generate answers to training prompt sets (their own jobs: editing a training prompt set
-        #: reruns no evaluation generation)
-        self.training_groups = {group for group in self.groups if group.endswith(TRAINING_GROUP)}
-        self.group_of = {variant: group for group, members in self.groups.items() for variant in members
-                         if group not in self.training_groups}
-        self.training_group_of = {variant: group for group in self.training_groups for variant in self.groups[group]}
+        #: the group whose jobs write a cell's continuations
+        self.group_of = {cell: group for group, cells in self.groups.items() for cell in cells}
         self._planned: dict[str, int | None] = {}
         from finetox.calibration import settings_of
 
@@ -145,10 +142,11 @@ class Targets:
         return list(product(s.run_probes, s.run_protocols, s.run_scorers))
 
     def variants_in(self, probe: str, protocol: str, scorer: str) -> list[str]:
-        """The variants of one probe set x protocol x scorer: every generated one, and the external score
-        tables declared for it."""
+        """The variants of one probe set x protocol x scorer: every generated one the probe set is asked of, and
+        the external score tables declared for it."""
         return [v.name for v in self.study.variants.values()
-                if not v.external or (v.external.probe, v.external.protocol, v.external.scorer) == (probe, protocol, scorer)]
+                if (self.study.asks(probe, v.name) if not v.external
+                    else (v.external.probe, v.external.protocol, v.external.scorer) == (probe, protocol, scorer))]
 
     def comparisons_in(self, probe: str, protocol: str, scorer: str) -> list:
         """The comparisons of one probe set x protocol x scorer, by name: the compare rules' rerun trigger, which
@@ -204,14 +202,26 @@ class Targets:
         path = self.prompt_metrics if per_prompt else self.scores
         return {(*run, v): path(*run, v) for run in self._runs() for v in self.variants_in(*run)}
 
-    def variant_tables(self, variant: str, scorer: str | None = None) -> list[str]:
-        """A generated variant's generation tables (or, given a scorer, its score tables by that scorer) of every
-        probe set x protocol in the run, in one order: one score job's inputs and outputs."""
-        s = self.study
-        runs = product(s.run_probes, s.run_protocols)
+    def variant_tables(self, variant: str, scorer: str | None = None, runs: list[tuple[str, str]] | None = None
+                       ) -> list[str]:
+        """A generated variant's generation tables (or, given a scorer, its score tables by that scorer) of each
+        probe set x protocol it answers (or of `runs`, given a pattern such as "{variant}"), in one order: one score
+        job's inputs and outputs."""
+        runs = self.study.variant_runs(variant) if runs is None else runs
         if scorer is None:
             return [self.generations(probe, protocol, variant) for probe, protocol in runs]
         return [self.scores(probe, protocol, scorer, variant) for probe, protocol in runs]
+
+    def variant_classes(self, guarded: bool | None = None) -> dict[tuple[tuple[str, str], ...], list[str]]:
+        """The generated variants (given `guarded`: guarded ones, or the others) by the probe set x protocol runs they
+        answer, the
+        full run's first: a rule whose outputs span a variant's runs (score, select_guarded) is one rule per class,
+        as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
+        classes: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        full = tuple(product(self.study.run_probes, self.study.run_protocols))
+        for variant in self.name_list(generated=True, guarded=guarded):
+            classes.setdefault(tuple(self.study.variant_runs(variant)), []).append(variant)
+        return dict(sorted(classes.items(), key=lambda item: (item[0] != full, item[0])))
 
     def all_scores(self) -> list[str]:
         """Every score table (the report reads their continuations and provenance)."""
@@ -225,9 +235,9 @@ class Targets:
         return [v.name for v in self.study.variants.values() if v.guard]
 
     def sampled_variants(self) -> list[str]:
-        """The generated variants whose continuations the generation stage writes as they are (not chosen by a
-        guard)."""
-        return [v for v in self.generated_variants() if not self.study.variants[v].guard]
+        """The generated variants whose continuations the generation stage writes as they are (not a lever's, built
+        on another variant's answers)."""
+        return [v for v in self.generated_variants() if not self.study.variants[v].lever]
 
     def guarded_cells(self, training: bool = False) -> list[tuple[str, str, str]]:
         """(probe, protocol, variant) of every guarded variant's answers: on the run's probe sets, or (training)
@@ -249,7 +259,7 @@ class Targets:
 
         s = self.study
         guard = s.variants[variant].guard
-        runs = [(probe, protocol)] if probe else list(product(s.run_probes, s.run_protocols))
+        runs = [(probe, protocol)] if probe else s.variant_runs(variant)
         inputs: dict[str, list[str] | str] = {"source": [self.generations(p, q, guard.source) for p, q in runs]}
         if guard.candidates > 1:
             inputs["candidates"] = [self.candidates(p, q, variant) for p, q in runs]
@@ -259,10 +269,8 @@ class Targets:
         return inputs
 
     def all_degeneration(self) -> list[str]:
-        """Every generated variant's degeneration measures in every probe set x protocol."""
-        s = self.study
-        return [self.degeneration(probe, protocol, v) for probe, protocol in product(s.run_probes, s.run_protocols)
-                for v in self.generated_variants()]
+        """Every generated variant's degeneration measures in every probe set x protocol it answers."""
+        return [self.degeneration(*cell) for cell in self.study.asked_cells()]
 
     def all_capability(self, provenance: bool = False) -> list[str]:
         """Every generated variant's capability table (or its provenance); none when the config has no
@@ -285,8 +293,7 @@ class Targets:
         s = self.study
         scorers = [self.calibration.scorer] if stratifying else self.calibration.scorers
         return {(probe, protocol, scorer, v): self.scores(probe, protocol, scorer, v)
-                for probe, protocol, scorer in product(s.run_probes, s.run_protocols, scorers)
-                for v in self.generated_variants()}
+                for probe, protocol, v in s.asked_cells() for scorer in scorers}
 
     def calibration_exports(self) -> list[str]:
         """The labelling sample and its design; none when the config has no `calibration`."""
@@ -379,12 +386,12 @@ class Targets:
         set's number of prompts."""
         from finetox import generation_plan as plan
 
-        segments = plan.segments(self.study, self.groups[group], prompt_counts, group in self.training_groups)
+        segments = plan.segments(self.study, self.groups[group], prompt_counts)
         return plan.shards(segments, self.study.generation["tokens_per_job"], plan.batch_multiple(self.study.generation))
 
     def shards(self, probe: str, protocol: str, variant: str, prompt_counts: dict[str, int]) -> list[str]:
         """The shard directories that hold part of a variant's continuations of a probe set under a protocol."""
-        group = (self.training_group_of if probe in self.study.training_probes else self.group_of)[variant]
+        group = self.group_of[probe, protocol, variant]
         return [self.shard(group, i) for i, pieces in enumerate(self.shard_plan(group, prompt_counts))
                 if any((p.segment.probe, p.segment.protocol, p.segment.variant) == (probe, protocol, variant)
                        for p in pieces)]
@@ -419,7 +426,7 @@ class Targets:
 
     def group_inputs(self, group: str) -> dict[str, str]:
         """The checkpoint a generation group loads and the adapters of its fine-tuned variants."""
-        members = self.groups[group]
+        members = self.members(group)
         inputs = self.model_inputs(members[0])
         for variant in members:
             adapter = self.study.adapter_variant(variant)
@@ -431,30 +438,36 @@ class Targets:
         """What makes a group's continuations what they are (the generate rule's rerun trigger): each probe set x
         protocol x variant's digest, and the job size (it decides which prompts each job holds)."""
         s = self.study
-        members = set(self.groups[group])
         settings: dict[str, str | int | None] = {
             f"{probe}/{protocol}/{variant}": s.generation_hash(variant, protocol)
-            for probe, protocol, variant in s.generation_cells(group in self.training_groups) if variant in members
+            for probe, protocol, variant in self.groups[group]
         }
         # sorted: Snakemake compares a dict param's items in order, and reordering the config reruns nothing
         return {**dict(sorted(settings.items())), "tokens_per_job": s.generation["tokens_per_job"]}
 
     def group_probe_inputs(self, group: str) -> dict[str, str]:
-        """The probe tables a generate job reads: every probe set of the run, or a training group's prompt sets."""
-        probes = self.study.training_probes if group in self.training_groups else self.study.run_probes
-        return {f"probes_{probe}": self.probes_table(probe) for probe in probes}
+        """The probe tables a generate job reads: those of the probe sets and training prompt sets its cells answer."""
+        return {f"probes_{probe}": self.probes_table(probe) for probe in dict.fromkeys(c[0] for c in self.groups[group])}
+
+    def members(self, group: str) -> list[str]:
+        """The variants a generation group serves, in the order of its cells."""
+        return list(dict.fromkeys(variant for _, _, variant in self.groups[group]))
 
     def training_probe_pattern(self) -> str:
         """A wildcard pattern matching the training prompt sets (none: matches nothing)."""
-        return _alternatives(self.study.training_probes)
+        return alternatives(self.study.training_probes)
 
-    def name_pattern(self, generated: bool, guarded: bool | None = None) -> str:
-        """A wildcard pattern matching the generated variants (given `guarded`: those chosen by a guard, or the
-        others), or those scored elsewhere."""
+    def name_list(self, generated: bool, guarded: bool | None = None) -> list[str]:
+        """The generated variants (given `guarded`: those chosen by a guard, or the others), or those scored
+        elsewhere."""
         names = self.generated_variants(generated)
         if guarded is not None:
             names = [v for v in names if bool(self.study.variants[v].guard) == guarded]
-        return _alternatives(names)
+        return names
+
+    def name_pattern(self, generated: bool, guarded: bool | None = None) -> str:
+        """A wildcard pattern matching the variants of name_list."""
+        return alternatives(self.name_list(generated, guarded))
 
     def compared_variants(self, probe: str, protocol: str, scorer: str) -> list[str]:
         return sorted({v for c in self.comparisons_in(probe, protocol, scorer) for v in (c.baseline, c.treatment)})
@@ -468,42 +481,96 @@ class Targets:
         return inputs
 
 
-def _alternatives(names) -> str:
+def alternatives(names) -> str:
     """A wildcard pattern matching exactly these names (none: a pattern that matches nothing)."""
     import re
 
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
-#: the suffix of a generation group that answers training prompt sets (a checkpoint's second engine job)
+#: the suffix of a generation group that answers training prompt sets in a job of its own (its checkpoint's second
+#: engine start, where a variant that checkpoint serves trains on those answers)
 TRAINING_GROUP = ".training"
 
+#: one generation cell: a probe set x protocol x variant, all of whose continuations one engine job writes
+Cell = tuple[str, str, str]
 
-def generation_groups(study: Study) -> dict[str, list[str]]:
-    """Variants that one generation engine serves, by group name.
 
-    With `share_engine`, the variants of one checkpoint form a group named after it (fine-tuned ones
-    as unmerged adapters); otherwise, or for adapters that must be merged, each variant is its own group.
+def generation_groups(study: Study) -> dict[str, list[Cell]]:
+    """The cells each generation engine job serves, by group name: evaluation cells first, then training cells.
+
+    With `share_engine`, the variants of one checkpoint form a group named after it (fine-tuned ones as unmerged
+    adapters); otherwise, or for adapters that must be merged, each variant is its own group. A group's answers
+    to training prompt sets (finetox.config.Study.training_cells) are a job of their own, `<group>.training`
+    (`generation.training_answers: apart`), or join its evaluation job, one engine start for both
+    (`with_evaluation`), unless that would make a cycle: a variant the job serves trains, through any chain of
+    jobs, on what the job writes (a fine-tune distilled from its own checkpoint's answers).
     """
+    from graphlib import CycleError
+
     settings = study.generation
-    groups: dict[str, list[str]] = {}
+    evaluation: dict[str, list[Cell]] = {}
+    key_of: dict[str, str] = {}
     shared_by_key: dict[str, bool] = {}
-    for variant in study.variants.values():
-        if variant.external:
-            continue  # scored elsewhere: nothing to generate
-        adapter = study.adapter_variant(variant.name)
-        merged = adapter is not None and settings["lora"] == "merged"
-        shared = settings["share_engine"] and not merged
-        # (a guarded variant's candidates come from its source's engine: one engine per merged adapter)
-        key = study.checkpoint(variant.name).name if shared else adapter if merged else variant.name
-        if shared_by_key.setdefault(key, shared) != shared:
-            raise ConfigError(f"variant {variant.name!r}: its name equals a model name; rename one of them")
-        groups.setdefault(key, []).append(variant.name)
-    training = {variant for _, _, variant in study.training_cells()}
-    for key, members in list(groups.items()):
-        if training & set(members):
-            groups[key + TRAINING_GROUP] = [v for v in members if v in training]
+    for cell in study.evaluation_cells():
+        variant = cell[2]
+        if variant not in key_of:
+            adapter = study.adapter_variant(variant)
+            merged = adapter is not None and settings["lora"] == "merged"
+            shared = settings["share_engine"] and not merged
+            # (a guarded variant's candidates come from its source's engine: one engine per merged adapter)
+            key_of[variant] = study.checkpoint(variant).name if shared else adapter if merged else variant
+            if shared_by_key.setdefault(key_of[variant], shared) != shared:
+                raise ConfigError(f"variant {key_of[variant]!r}: its name equals a model name; rename one of them")
+        evaluation.setdefault(key_of[variant], []).append(cell)
+    training: dict[str, list[Cell]] = {}
+    for cell in study.training_cells():
+        training.setdefault(key_of[cell[2]], []).append(cell)
+    groups = dict(evaluation)
+    for key in sorted(training):  # name order: which group joins does not depend on the config's order
+        joined = {**groups, key: evaluation[key] + training[key]}
+        try:
+            if settings["training_answers"] == "with_evaluation" and job_order(study, joined):
+                groups = joined
+                continue
+        except CycleError:
+            pass
+        groups[key + TRAINING_GROUP] = training[key]
+    try:
+        job_order(study, groups)
+    except CycleError as error:
+        raise ConfigError(f"generation jobs {' -> '.join(error.args[1])} wait for each other: a variant trains on a "
+                          f"produced dataset whose answers need its own weights (they come from it, or from a "
+                          f"variant built on it); datasets.<name>.produced must name another variant") from None
     return groups
+
+
+def trained_on(study: Study, variant: str) -> set[Cell]:
+    """The generation cells a variant's weights were trained on: the produced datasets of its adapter's recipe and
+    of every fine-tune its checkpoint starts from (a guarded variant: its source's)."""
+    v = study.variants[variant]
+    if v.guard:
+        return trained_on(study, v.guard.source)
+    cells = trained_on(study, v.start) if v.start else set()
+    for source in v.recipe.datasets if v.recipe else ():
+        if source.produced:
+            producer, probe, protocol = source.produced
+            cells.add((probe, protocol, producer))
+            guard = study.variants[producer].guard
+            if guard:  # its candidate 0: its source's answer
+                cells.add((probe, protocol, guard.source))
+    return cells
+
+
+def job_order(study: Study, groups: dict[str, list[Cell]]) -> list[str]:
+    """The generation groups in an order in which each job's inputs exist before it runs (graphlib.CycleError when
+    none does): a group waits for the groups that write what its variants were trained on."""
+    from graphlib import TopologicalSorter
+
+    group_of = {cell: group for group, cells in groups.items() for cell in cells}
+    waits = {group: {group_of[cell] for _, _, variant in cells for cell in trained_on(study, variant)}
+             for group, cells in groups.items()}
+    return list(TopologicalSorter(waits).static_order())
 
 
 def _source_fingerprint(source) -> list | None:

@@ -19,6 +19,7 @@ from finetox.design import KINDS
 from finetox.findings import describe, percent, points, signed, verdict_class
 from finetox.config import Study, config_hash
 from finetox.hub import is_commit
+from finetox.levers import lever_of
 from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
@@ -142,7 +143,7 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
     variants = pd.DataFrame([
         {"variant": v.name, "family": v.family, "role": v.role,
          "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start
-                   else f"{v.guard.source}'s answers, chosen by {v.guard.scorer}" if v.guard else v.model.location if v.model
+                   else lever_of(v.lever).describe(v.lever) if v.lever else v.model.location if v.model
                    else f"scored elsewhere: {v.external.source.path or v.external.source.hub}"),
          "revision": (v.model.revision if v.model else v.external.source.revision) or "",
          "recipe": v.recipe.name if v.recipe else "",
@@ -165,7 +166,8 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
         {"probe": p.name, "language": p.language, "source": p.source.path or p.source.hub,
          "revision": p.source.revision or "", "subset": subset,
          "filter": " and ".join(f"{f.column} {f.op} {f.value}" for f in p.subsets.get(subset, ())) or "(none)",
-         "sample_per_subset": p.sample_per_subset or "all", "prompts used": size}
+         "sample_per_subset": p.sample_per_subset or "all", "prompts used": size,
+         "asked of": ", ".join(p.variants) if p.variants else "every variant with a model"}
         for p in (study.probes[name] for name in study.run_probes)
         for subset, size in sorted(probe_sizes.get(p.name, {}).items())
     ])
@@ -181,7 +183,21 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
         for s in (study.scorers[name] for name in study.run_scorers)
     ])
     return {"Variants": variants, "Fine-tuning recipes": recipes, "Generation protocols": protocols,
-            "Probe sets": probes, "Prompts left out of each probe set": left_out, "Scorers": scorers}
+            "Probe sets": probes, "Prompts left out of each probe set": left_out,
+            "Comparisons a selective run leaves out": _left_out_comparisons(study), "Scorers": scorers}
+
+
+def _left_out_comparisons(study: Study) -> pd.DataFrame:
+    """The comparisons not made on a probe set that is asked of chosen variants only (probes.<name>.variants),
+    because one of their two variants is not asked it."""
+    rows = [{"probe": probe, "comparison": c.name, "kind": c.kind,
+             "reason": "not asked of " + " nor ".join(side for side in (c.baseline, c.treatment)
+                                                    if not study.asks(probe, side)) + f" (probes.{probe}.variants)"}
+            for probe in study.run_probes if study.probes[probe].variants
+            for c in study.comparisons.values()
+            if not any(study.variants[side].external for side in (c.baseline, c.treatment))
+            and not all(study.asks(probe, side) for side in (c.baseline, c.treatment))]
+    return pd.DataFrame(rows, columns=["probe", "comparison", "kind", "reason"])
 
 
 # the stages in the order they run (others follow)

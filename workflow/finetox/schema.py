@@ -66,9 +66,24 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     return f"{where}: {error.message}"
 
 
+def load_schema() -> dict:
+    """The config's schema: the file's, with each lever's variant block (finetox.levers) as one more way to give a
+    variant (a oneOf alternative beside `model`, `scores` and `from`) and its role before `other`."""
+    from finetox.levers import LEVERS
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    variant = schema["properties"]["variants"]["additionalProperties"]
+    roles = variant["properties"]["role"]["enum"]
+    for lever in LEVERS.values():
+        variant["properties"][lever.KEY] = copy.deepcopy(lever.SCHEMA)
+        variant["oneOf"].append({"required": [lever.KEY]})
+        roles.insert(roles.index("other"), lever.ROLE)
+    return schema
+
+
 def validate(config: dict) -> dict:
     """Validate `config` against the schema, fill in defaults (in place) and return it."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))

@@ -247,12 +247,10 @@ def generate(study: Study, group: str, shard: int, probes_tables: dict[str, str]
 
     started = time.perf_counter()
     targets = Targets(study)
-    variants = targets.groups[group]
-    model = study.checkpoint(variants[0])
+    model = study.checkpoint(targets.members(group)[0])
     probes = {name: tables.read_parquet(path, "probes") for name, path in probes_tables.items()}
     multiple = plan.batch_multiple(study.generation)
-    segments = plan.segments(study, variants, {name: len(table) for name, table in probes.items()},
-                             group in targets.training_groups)
+    segments = plan.segments(study, targets.groups[group], {name: len(table) for name, table in probes.items()})
     pieces = plan.shards(segments, study.generation["tokens_per_job"], multiple)[shard]
     # Tokenized before the engine starts: the longest prompt sets the context it reserves, and a prompt that
     # does not fit fails now rather than after the engine's start.
@@ -572,12 +570,12 @@ def _gathered(files: list[str], schema: str) -> pd.DataFrame:
 
 def _without_model(study: Study, texts: str, scores: str) -> dict[str, str]:
     """Variant -> why a stage that scores `texts` under each variant's model has no `scores` of it: its
-    continuations are scored elsewhere (no model), or a guard chooses among its source's answers (its model is the
+    continuations are scored elsewhere (no model), or a lever builds on its source's answers (its model is the
     source's)."""
     absent = {v.name: f"its continuations are scored elsewhere (variants.{v.name}.scores): no model to score {texts} "
                       f"with" for v in study.variants.values() if v.external}
-    absent |= {v.name: f"a guard chooses among the answers of {v.guard.source}, whose model, and so whose {scores}, "
-                       f"it shares" for v in study.variants.values() if v.guard}
+    absent |= {v.name: f"its answers are built on those of {v.lever.source} (a {v.role} variant), whose model, and so "
+                       f"whose {scores}, it shares" for v in study.variants.values() if v.lever}
     return absent
 
 
@@ -962,7 +960,7 @@ def calibrate(study: Study, key: str, labels: str, score_files: dict[tuple, str]
     sample = tables.read_parquet(key, "calibration_sample")
     truth = calibration.read_labels(labels, sample, settings)
     sample = sample.assign(toxic=truth.reindex(sample["id"]).to_numpy())
-    variants = Targets(study).generated_variants()
+    targets = Targets(study)
     scores: dict[tuple, list] = {}
     for (probe, protocol, scorer, variant), path in score_files.items():
         table = tables.read_parquet(path, "scores", columns=FLAG_COLUMNS).assign(variant=variant)
@@ -972,6 +970,7 @@ def calibrate(study: Study, key: str, labels: str, score_files: dict[tuple, str]
         here = sample[(sample["probe"] == probe) & (sample["protocol"] == protocol)]
         missing = here[here["toxic"].isna()].groupby("variant").size()
         stratifying = pd.concat(scores[(probe, protocol, settings.scorer)], ignore_index=True)
+        variants = [v for v in targets.generated_variants() if study.asks(probe, v)]
         for scorer in settings.scorers:
             cell = {"scorer": scorer, "probe": probe, "protocol": protocol}
             population = calibration.build_population(
@@ -985,7 +984,7 @@ def calibrate(study: Study, key: str, labels: str, score_files: dict[tuple, str]
                 missing.sum() if row["variant"] == "all" else missing.get(row["variant"], 0))} for row in rows]
             corrected += [{**cell, **row} for row in calibration.rate_rows(draws, population, prob, too_weak)]
             compared += [{**cell, **row} for row in calibration.comparison_rows(
-                draws, population, Targets(study).comparisons_in(probe, protocol, scorer), prob, rope, too_weak)]
+                draws, population, targets.comparisons_in(probe, protocol, scorer), prob, rope, too_weak)]
     for rows, schema, output in ((accuracy, "scorer_accuracy", accuracy_output),
                                  (corrected, "corrected_rates", rates_output),
                                  (compared, "corrected_comparisons", comparisons_output)):

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from finetox.config import load as load_study, read_config_file
 from finetox.hub import preflight
-from finetox.paths import Targets
+from finetox.paths import Targets, alternatives
 
 # Validates the config (schema and cross-references) before any job is planned; Snakemake's YAML reader
 # keeps the last of two equal keys, so its files are read again, strictly.
@@ -70,7 +70,7 @@ def resources_for(stage, model_of=None):
 
 
 def model_of_group(wildcards):
-    return STUDY.variants[TARGETS.groups[wildcards.group][0]].model.name
+    return STUDY.variants[TARGETS.members(wildcards.group)[0]].model.name
 
 
 def model_of_variant(wildcards):

@@ -1,25 +1,33 @@
 # One job per scorer and generated variant: the scorer loads once and scores the variant's tables of every
-# probe set x protocol.
-rule score:
-    input:
-        generations=TARGETS.variant_tables("{variant}"),
-        # a scorer's local checkpoint (the demo's classifier), so that the rule that builds it runs first
-        scorer=lambda wildcards: list(TARGETS.scorer_inputs(wildcards.scorer).values()),
-    output:
-        TARGETS.variant_tables("{variant}", "{scorer}"),
-    log:
-        "logs/score/{scorer}/{variant}.log",
-    wildcard_constraints:
-        variant=TARGETS.name_pattern(generated=True),
-    conda:
-        "../../envs/score.yaml"
-    threads: threads_for("score")
-    resources:
-        **resources_for("score"),
-    params:
-        scorer=lambda wildcards: STUDY.digest("scorers", wildcards.scorer),
-    script:
-        "../scripts/score.py"
+# probe set x protocol it answers. A rule's outputs cannot depend on a wildcard's value, so variants that answer
+# different probe sets (probes.<name>.variants) are scored by one rule per class: `score` for the variants that
+# answer every probe set of the run, score_2, score_3, ... for the others.
+for index, (runs, variants) in enumerate(TARGETS.variant_classes().items()):
+
+    rule:
+        name:
+            "score" if index == 0 else f"score_{index + 1}"
+        input:
+            generations=TARGETS.variant_tables("{variant}", runs=runs),
+            # a scorer's local checkpoint (the demo's classifier), so that the rule that builds it runs first
+            scorer=lambda wildcards: list(
+                TARGETS.scorer_inputs(wildcards.scorer).values()
+            ),
+        output:
+            TARGETS.variant_tables("{variant}", "{scorer}", runs=runs),
+        log:
+            "logs/score/{scorer}/{variant}.log",
+        wildcard_constraints:
+            variant=alternatives(variants),
+        conda:
+            "../../envs/score.yaml"
+        threads: threads_for("score")
+        resources:
+            **resources_for("score"),
+        params:
+            scorer=lambda wildcards: STUDY.digest("scorers", wildcards.scorer),
+        script:
+            "../scripts/score.py"
 
 
 rule import_scores:

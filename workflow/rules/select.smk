@@ -1,28 +1,32 @@
 # One job per guarded variant: its selector loads once and chooses among the candidates of every probe set x
-# protocol (no generation engine).
-rule select_guarded:
-    input:
-        unpack(lambda wildcards: TARGETS.selection_inputs(wildcards.variant)),
-    output:
-        generations=TARGETS.variant_tables("{variant}"),
-        selections=[
-            TARGETS.selection(probe, protocol, "{variant}")
-            for probe in STUDY.run_probes
-            for protocol in STUDY.run_protocols
-        ],
-    log:
-        "logs/select/{variant}.log",
-    wildcard_constraints:
-        variant=TARGETS.name_pattern(generated=True, guarded=True),
-    conda:
-        "../../envs/score.yaml"
-    threads: threads_for("score")
-    resources:
-        **resources_for("score"),
-    params:
-        settings=lambda wildcards: STUDY.selection_hash(wildcards.variant),
-    script:
-        "../scripts/select_guarded.py"
+# protocol it answers (no generation engine); one rule per class of variants that answer the same probe sets
+# (probes.<name>.variants), as for rule score.
+for index, (runs, variants) in enumerate(TARGETS.variant_classes(guarded=True).items()):
+
+    rule:
+        name:
+            "select_guarded" if index == 0 else f"select_guarded_{index + 1}"
+        input:
+            unpack(lambda wildcards: TARGETS.selection_inputs(wildcards.variant)),
+        output:
+            generations=TARGETS.variant_tables("{variant}", runs=runs),
+            selections=[
+                TARGETS.selection(probe, protocol, "{variant}")
+                for probe, protocol in runs
+            ],
+        log:
+            "logs/select/{variant}.log",
+        wildcard_constraints:
+            variant=alternatives(variants),
+        conda:
+            "../../envs/score.yaml"
+        threads: threads_for("score")
+        resources:
+            **resources_for("score"),
+        params:
+            settings=lambda wildcards: STUDY.selection_hash(wildcards.variant),
+        script:
+            "../scripts/select_guarded.py"
 
 
 rule selection_table:

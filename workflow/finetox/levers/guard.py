@@ -9,15 +9,57 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from finetox.errors import ConfigError
 
-#: the variant role a `guard` block makes, and the comparison kind that asks what the guard did
+#: the variant block's config key (variants.<name>.guard), the role its variants play, and the comparison kind that
+#: asks what the guard did
+KEY = "guard"
 ROLE = "guarded"
 COMPARISON_KIND = "source_vs_guarded"
 COMPARISON_TITLE = "Guards at generation: a variant's own answers to those its guard kept"
 #: the finish_reason of a filtered sample's fixed refusal
 FILTERED = "filtered"
+
+
+#: the block's JSON Schema (finetox.schema adds it to the variants')
+SCHEMA = yaml.safe_load("""
+type: object
+additionalProperties: false
+required: [source, scorer]
+description: >
+  instead of `model`: a guard (or reranker) at generation. The source variant generates
+  `candidates` answers per requested sample (the first is the source's own), `scorer` scores
+  them with the prompt, and one is kept per sample (rule select, no engine); compared with its
+  source (comparison kind source_vs_guarded)
+properties:
+  source: {type: string, description: "the generated variant whose answers are guarded (same family)"}
+  scorer:
+    type: string
+    description: >
+      the scorer that judges the candidates: a toxicity scorer (lower is safer) or a reward-model
+      (higher is better: its harm is 1 - reward). Not a run scorer unless evaluate_with_selector
+  candidates: {type: integer, minimum: 1, default: 4, description: "answers generated per requested sample (1: the source's own answer only)"}
+  select:
+    type: string
+    enum: [lowest, first_below]
+    default: lowest
+    description: "lowest: the candidate of lowest harm; first_below: the first candidate whose harm is below `threshold`"
+  threshold: {type: number, minimum: 0, maximum: 1, default: 0.5, description: "harm at or above which a candidate is unsafe; a sample with no candidate below it is filtered"}
+  fallback:
+    type: string
+    enum: [refusal, least_harmful]
+    default: refusal
+    description: "what a filtered sample answers: the `refusal` text (finish_reason `filtered`), or its least harmful candidate"
+  refusal: {type: string, default: "I'm sorry, but I can't help with that.", description: "the fixed answer of a filtered sample (fallback refusal)"}
+  evaluate_with_selector:
+    type: boolean
+    default: false
+    description: >
+      allow `scorer` in run.scorers: the guarded variant is then evaluated by the scorer that chose its
+      answers (circular; the report marks those verdicts). Refused by default
+""")
 
 
 @dataclass(frozen=True)
@@ -34,8 +76,23 @@ class GuardSettings:
     evaluate_with_selector: bool
 
 
+#: the block as a variant holds it (finetox.levers)
+Settings = GuardSettings
+
+
 def settings(block: dict) -> GuardSettings:
     return GuardSettings(**block)
+
+
+def scorers(guard: GuardSettings) -> tuple[str, ...]:
+    """The scorer the guard loads: its selector."""
+    return (guard.scorer,)
+
+
+def describe(guard: GuardSettings) -> str:
+    return (f"{guard.source}'s answers guarded by {guard.scorer}: the "
+            f"{'least harmful' if guard.select == 'lowest' else 'first safe'} of {guard.candidates} candidates per "
+            f"sample")
 
 
 def check(name: str, guard: GuardSettings, variants: dict, scorers: dict, run_scorers) -> None:
