@@ -562,7 +562,75 @@ ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.S
 
 
 class SchemaError(ValueError):
-    """A table that does not have the columns or types its stage promises."""
+    """A table that does not have the columns, types or values its stage promises."""
+
+
+#: the continuation a generation, score or selection row is: one sample of one prompt by one variant
+CONTINUATION_KEY = ["variant", "prompt_id", "sample"]
+#: what the rows of the tables that carry the study's data must hold beyond their dtypes, checked with pandera on
+#: every write and read (a stage never passes on, nor reads, a table that breaks them): the columns that are never
+#: missing (`required`: a null there is a bug, not a missing measurement; a score that could not be computed is a
+#: missing value, allowed), the range of a column's values (None: unbounded), and the columns that identify a row
+CHECKS: dict[str, dict] = {
+    "probes": {"required": ["prompt_id", "subset", "prompt"], "unique": ["prompt_id"]},
+    "generations": {
+        "required": ["prompt_id", "subset", "variant", "sample", "prompt", "model_input", "continuation",
+                     "prompt_tokens", "continuation_tokens", "finish_reason", "protocol", "samples", "seed"],
+        "ranges": {"sample": (0, None), "prompt_tokens": (0, None), "continuation_tokens": (0, None),
+                   "samples": (1, None), "temperature": (0, None), "top_p": (0, 1), "max_new_tokens": (1, None)},
+        "unique": CONTINUATION_KEY,
+    },
+    "selection": {
+        "required": ["prompt_id", "sample", "variant", "candidates", "kept", "filtered", "replaced"],
+        "ranges": {"sample": (0, None), "candidates": (1, None), "kept": (-1, None), "harm_first": (0, 1),
+                   "harm_least": (0, 1)},
+        "unique": CONTINUATION_KEY,
+    },
+    "scores": {
+        "required": ["prompt_id", "subset", "variant", "sample", "continuation", "scorer"],
+        "ranges": {"sample": (0, None), "score": (0, 1)},
+        "unique": CONTINUATION_KEY,
+    },
+    "prompts": {
+        "required": ["variant", "prompt_id", "subset", "samples", "toxic_samples", "toxic"],
+        "ranges": {"samples": (1, None), "toxic_samples": (0, None), "mean_score": (0, 1), "max_score": (0, 1)},
+        "unique": ["variant", "prompt_id"],
+    },
+}
+
+
+def check_rows(table: pd.DataFrame, schema: str, origin: str) -> None:
+    """Fail, naming the file, column, check and the first rows that break it, where a table's rows break its
+    CHECKS (those of its columns that are present: a stage that reads a few columns checks those)."""
+    checks = CHECKS.get(schema)
+    if not checks or table.empty:
+        return
+    import pandera.errors
+    import pandera.pandas as pa
+
+    present = set(table.columns)
+    ranges = checks.get("ranges", {})
+    columns = {
+        column: pa.Column(nullable=column not in checks.get("required", ()), required=False,
+                          checks=[pa.Check.in_range(*ranges[column]) if None not in ranges[column]
+                                  else pa.Check.ge(ranges[column][0])] if column in ranges else [])
+        for column in (set(checks.get("required", ())) | set(ranges)) & present
+    }
+    unique = checks.get("unique") if set(checks.get("unique", ())) <= present else None
+    try:
+        pa.DataFrameSchema(columns, unique=unique, strict=False).validate(table, lazy=True)
+    except pandera.errors.SchemaErrors as error:
+        cases = error.failure_cases
+        repeated = cases["check"] == "multiple_fields_uniqueness"
+        lines = []
+        if repeated.any():
+            rows = sorted(set(cases.loc[repeated, "index"]))
+            shown = "; ".join(f"row {i}: " + ", ".join(f"{c}={table.at[i, c]}" for c in unique) for i in rows[:3])
+            lines.append(f"the key {'+'.join(unique)} is repeated in {len(rows)} rows, e.g. {shown}")
+        for (column, check), rows in cases[~repeated].groupby(["column", "check"], sort=False):
+            shown = ", ".join(f"row {row.index}: {row.failure_case!r}" for row in rows.head(3).itertuples())
+            lines.append(f"column {column!r} breaks {check} in {len(rows)} row(s), e.g. {shown}")
+        raise SchemaError(f"{origin}: not a valid {schema} table: " + "; ".join(lines)) from None
 
 
 @functools.cache
@@ -586,8 +654,9 @@ def package_versions() -> dict[str, str]:
 
 
 def conform(table: pd.DataFrame, schema: str, origin: str, only: list[str] | None = None) -> pd.DataFrame:
-    """The table with its schema's columns (or the `only` ones) first, in order and with their dtypes; fails on
-    a missing column. Columns that have their dtype already are not copied: tables can be millions of rows."""
+    """The table with its schema's columns (or the `only` ones) first, in order and with their dtypes, its rows
+    checked (check_rows); fails on a missing column. Columns that have their dtype already are not copied: tables
+    can be millions of rows."""
     columns = SCHEMAS[schema] if only is None else {c: SCHEMAS[schema][c] for c in only}
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -601,6 +670,7 @@ def conform(table: pd.DataFrame, schema: str, origin: str, only: list[str] | Non
         except (TypeError, ValueError) as err:
             raise SchemaError(f"{origin}: column {column!r} is not {dtype} ({err})") from err
     out = table.assign(**converted) if converted else table
+    check_rows(out, schema, origin)
     order = list(columns) + [c for c in out.columns if c not in columns]
     return out if list(out.columns) == order else out[order]
 
