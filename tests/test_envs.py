@@ -60,6 +60,8 @@ def rules_and_envs() -> dict[str, tuple[str, str]]:
     """rule -> (its env file name, its script path), read from the rule files."""
     sources = "\n".join(p.read_text() for p in (WORKFLOW / "rules").glob("*.smk"))
     blocks = dict(re.findall(r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^\S|\Z)", sources, re.M | re.S))
+    # rules defined in a loop, one per class of variants (score, score_2, ...), by the first name they give
+    blocks |= dict(re.findall(r'^\s+rule:\n\s+name:\n\s+"(\w+)"[^\n]*\n(.*?)(?=^\S|\Z)', sources, re.M | re.S))
     out = {}
     for rule, block in blocks.items():
         env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)

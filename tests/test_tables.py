@@ -31,7 +31,7 @@ def test_a_valid_table_round_trips_and_a_missing_score_is_allowed(tmp_path):
     ({"sample": [0, 0, 0]}, "the key variant+prompt_id+sample is repeated in 2 rows, e.g. row 0: variant=v, "
                             "prompt_id=p1, sample=0; row 1: variant=v, prompt_id=p1, sample=0"),
     ({"score": [0.1, 1.2, 0.5]}, "column 'score' breaks in_range(0, 1) in 1 row(s), e.g. row 1: 1.2"),
-    ({"continuation": ["a", None, "c"]}, "column 'continuation' breaks not_nullable in 1 row(s), e.g. row 1:"),
+    ({"prompt_id": ["p1", None, "p2"]}, "column 'prompt_id' breaks not_nullable in 1 row(s), e.g. row 1:"),
     ({"sample": [0, -1, 0]}, "column 'sample' breaks greater_than_or_equal_to(0) in 1 row(s), e.g. row 1: -1"),
 ])
 def test_a_table_that_breaks_its_checks_is_not_written_and_the_error_names_the_rows(tmp_path, changes, message):

@@ -214,9 +214,8 @@ class Targets:
 
     def variant_classes(self, guarded: bool | None = None) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """The generated variants (given `guarded`: guarded ones, or the others) by the probe set x protocol runs they
-        answer, the
-        full run's first: a rule whose outputs span a variant's runs (score, select_guarded) is one rule per class,
-        as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
+        answer, the full run's first: a rule whose outputs span a variant's runs (score, select_guarded) is one rule
+        per class, as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
         classes: dict[tuple[tuple[str, str], ...], list[str]] = {}
         full = tuple(product(self.study.run_probes, self.study.run_protocols))
         for variant in self.name_list(generated=True, guarded=guarded):
