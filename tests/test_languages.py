@@ -138,7 +138,12 @@ def test_the_multilingual_config_probes_the_community_fine_tunes_in_their_langua
         load(raw)
     assert "probes['ptp-de'].language is 'de'" in str(refused.value)
     assert "scorers['detoxify-multilingual'].languages" in str(refused.value)
-    # ... and on the English probe set alone it is allowed
+    # ... and on the English probe set alone it is allowed: in this run (scorers.<name>.probes), or in a run of it
+    raw["scorers"]["detoxify-multilingual"]["probes"] = ["ptp-en"]
+    study = load(raw)
+    assert study.run_scorers == ("xlmr-toxicity", "detoxify-multilingual")
+    assert [study.scored_by(p, "detoxify-multilingual") for p in study.run_probes] == [True, False, False]
+    del raw["scorers"]["detoxify-multilingual"]["probes"]
     raw["run"]["probes"] = ["ptp-en"]
     assert load(raw).run_scorers == ("xlmr-toxicity", "detoxify-multilingual")
 

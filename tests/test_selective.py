@@ -1,9 +1,11 @@
-"""Selective runs: a probe set asked of chosen variants only (probes.<name>.variants). The DAG generates, scores and
-compares exactly those, a guarded variant's source answers where its guard does, the comparisons left out are
-listed with their reason, and a config that names what cannot be asked is refused when it loads."""
+"""Selective runs: a probe set asked of chosen variants only (probes.<name>.variants), a scorer that scores chosen
+probe sets only (scorers.<name>.probes). The DAG generates, scores and compares exactly those, a guarded variant's
+source answers where its guard does, the comparisons left out are listed with their reason, and a config that names
+what cannot be asked is refused when it loads."""
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -30,7 +32,8 @@ def with_selective_probe_set(config: dict) -> dict:
 def test_a_probe_set_asked_of_chosen_variants_is_generated_scored_and_compared_for_those_only(config):
     study = load(with_selective_probe_set(config))
     targets = Targets(study)
-    assert [study.asks("demo-few", v) for v in ("demo-instruct", "demo-base", "demo-rude-dpo")] == [True, False, False]
+    assert [study.asks("demo-few", "demo", v) for v in ("demo-instruct", "demo-base", "demo-rude-dpo")] == [
+        True, False, False]
     assert study.variant_runs("demo-rude-dpo") == [("demo", "demo")]
     assert study.variant_runs("demo-instruct") == [("demo", "demo"), ("demo-few", "demo")]
     assert sorted(v for p, _, v in study.asked_cells() if p == "demo-few") == sorted(ASKED)
@@ -44,6 +47,7 @@ def test_a_probe_set_asked_of_chosen_variants_is_generated_scored_and_compared_f
     left_out = setup_tables(study, {})["Comparisons a selective run leaves out"]
     assert set(left_out["probe"]) == {"demo-few"}
     reasons = dict(zip(left_out["comparison"], left_out["reason"]))
+    assert set(left_out["protocol"]) == {"demo"}
     assert reasons["seed-control"] == "not asked of demo-instruct-reseeded (probes.demo-few.variants)"
     assert reasons["demo-instruct-rude_vs_demo-rude-dpo"] == "not asked of demo-rude-dpo (probes.demo-few.variants)"
     assert len(reasons) == len(study.comparisons) - 2
@@ -105,3 +109,98 @@ def test_the_dry_run_plans_one_score_rule_per_class_and_no_table_of_a_variant_no
     assert scored == set(ASKED)
     assert "results/generations/demo-few/demo/demo-base.parquet" not in run.stdout
     assert counts["generate"] == "3"
+    # the classifier on the first probe set only: a rule for it, one for the other scorers of the variants asked both
+    del config["calibration"]
+    config["scorers"]["demo-classifier"]["probes"] = ["demo"]
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "--cores", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout, re.M))
+    assert (counts["score"], counts["score_2"], counts["score_3"]) == ("6", "11", "16")
+    assert "results/scores/demo-few/demo/demo-classifier/" not in run.stdout
+
+
+def with_a_scorer_of_one_probe_set(config: dict) -> dict:
+    """The selective demo with the demo's classifier scoring the first probe set only."""
+    config = with_selective_probe_set(config)
+    config["scorers"]["demo-classifier"]["probes"] = ["demo"]
+    return config
+
+
+def test_a_scorer_of_chosen_probe_sets_scores_those_only(config):
+    config = with_a_scorer_of_one_probe_set(config)
+    del config["calibration"]  # (a scorer of some probe sets is refused by the calibration: below)
+    undeclared = copy.deepcopy(config)
+    del undeclared["scorers"]["demo-classifier"]["probes"]
+    study = load(config)
+    targets = Targets(study)
+    assert [study.scored_by(p, "demo-classifier") for p in ("demo", "demo-few")] == [True, False]
+    assert ("demo-few", "demo", "demo-classifier") not in targets._runs()
+    assert targets.variant_tables("demo-instruct", "demo-classifier") == [
+        "results/scores/demo/demo/demo-classifier/demo-instruct.parquet"]
+    assert len(targets.variant_tables("demo-instruct", "profanity")) == 2
+    assert not [p for p in targets.all_scores() if "/demo-few/demo/demo-classifier/" in p]
+    # one score rule per runs scored: (variants of both probe sets, of one) x (scorers of both, of one), the pairs
+    # that score the same runs in one
+    rules = {(runs, tuple(scorers)): variants for runs, scorers, variants in targets.score_classes()}
+    both, first = (("demo", "demo"), ("demo-few", "demo")), (("demo", "demo"),)
+    assert rules[both, ("profanity", "refusal")] == ASKED
+    assert sorted(rules[first, ("demo-classifier",)]) == sorted(targets.generated_variants())
+    assert set(rules[first, ("profanity", "refusal")]) == set(targets.generated_variants()) - set(ASKED)
+    assert len(rules) == 3 and targets.score_classes()[0][0] == both
+    # the declaration rescores nothing already scored (the score rule's params)
+    assert study.digest("scorers", "demo-classifier") == load(undeclared).digest("scorers", "demo-classifier")
+
+
+def test_a_scorer_that_does_not_read_a_probe_sets_language_may_leave_it_out(config):
+    config = with_selective_probe_set(config)
+    config["probes"]["demo-few"]["language"] = "de"
+    with pytest.raises(ConfigError, match="probes\\['demo-few'\\].language is 'de'"):
+        load(config)  # the lexicon (English) would score German continuations
+    config["scorers"]["profanity"]["probes"] = ["demo"]
+    config["scorers"]["demo-classifier"]["languages"] = ["en", "de"]
+    config["scorers"]["refusal"]["probes"] = ["demo"]
+    load(config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["scorers"]["demo-classifier"].update(probes=["demo-train"]),
+     r"scorers\['demo-classifier'\].probes: 'demo-train' is not in run.probes"),
+    (lambda c: c["scorers"]["demo-guard"].update(probes=["demo"]),
+     r"scorers\['demo-guard'\].probes: 'demo-guard' is not in run.scorers"),
+    (lambda c: [c["scorers"][s].update(probes=["demo"]) for s in ("profanity", "demo-classifier", "refusal")],
+     r"run.probes: no run scorer scores 'demo-few'"),
+    (lambda c: c["scorers"]["demo-classifier"].update(probes=["demo"]),
+     r"calibration: scorer\(s\) \['demo-classifier'\] score some run probe sets only"),
+])
+def test_a_scorer_of_chosen_probe_sets_that_cannot_be_is_refused(config, change, message):
+    config = with_selective_probe_set(config)
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        Targets(load(config))
+
+
+def test_a_protocol_asked_of_chosen_variants_is_generated_for_those_only(config):
+    # a second protocol, greedy, for the instruct model and its rude fine-tune alone
+    config["protocols"]["greedy"] = {"samples": 1, "temperature": 0.0, "max_new_tokens": 8, "variants": ASKED[:2]}
+    config["run"]["protocols"] = ["demo", "greedy"]
+    study = load(config)
+    targets = Targets(study)
+    assert study.variant_runs("demo-instruct") == [("demo", "demo"), ("demo", "greedy")]
+    assert study.variant_runs("demo-base") == [("demo", "demo")]
+    assert targets.variants_in("demo", "greedy", "profanity") == ASKED[:2]
+    assert [c.name for c in targets.comparisons_in("demo", "greedy", "refusal")] == ["demo-instruct_vs_demo-instruct-rude"]
+    left_out = setup_tables(study, {})["Comparisons a selective run leaves out"]
+    assert set(zip(left_out["probe"], left_out["protocol"])) == {("demo", "greedy")}
+    assert "(protocols.greedy.variants)" in left_out["reason"].iloc[0]
+    # the cells of the instruct model's engine job: both protocols for the two variants asked
+    assert ("demo", "greedy", "demo-instruct-rude") in targets.groups["demo-instruct"]
+    assert ("demo", "greedy", "demo-instruct-clean") not in targets.groups["demo-instruct"]
+    # declaring it regenerates nothing: the generation digests leave it out
+    before = study.generation_hash("demo-instruct", "greedy")
+    config["protocols"]["greedy"]["variants"] = ASKED
+    assert load(config).generation_hash("demo-instruct", "greedy") == before
+    config["protocols"]["greedy"]["variants"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"protocols\['greedy'\].variants: unknown variant 'nope'"):
+        load(config)

@@ -97,6 +97,11 @@ def settings_of(study: Study) -> CalibrationSettings | None:
     if scorer not in toxicity:
         raise ConfigError(f"calibration.scorer: {scorer!r} is not a toxicity scorer of run.scorers (allowed: "
                           f"{', '.join(toxicity)})")
+    partial = [s for s in toxicity if study.scorers[s].probes is not None]
+    if partial:  # (the sample is drawn from every run probe set, and every calibrated scorer scores all of it)
+        raise ConfigError(f"calibration: scorer(s) {partial} score some run probe sets only (scorers.<name>.probes); "
+                          f"the calibration calibrates every toxicity scorer on every probe set: drop `probes` or "
+                          f"calibrate in a run whose toxicity scorers score every probe set")
     bands = tuple(float(b) for b in raw["bands"])
     if bands[0] != 0 or bands[-1] != 1 or any(b >= c for b, c in zip(bands, bands[1:])):
         raise ConfigError(f"calibration.bands: {list(bands)} must rise strictly from 0 to 1 (e.g. [0, 0.1, 0.5, 0.9, 1])")

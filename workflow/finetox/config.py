@@ -27,7 +27,7 @@ DEFAULT_LANGUAGE = "en"
 LANGUAGE_KEYS = {"probes": "language", "scorers": "languages"}
 #: keys of a block that change no output its digest guards: the language declarations, and the variants a probe set
 #: is asked of (which jobs run, not what its probe table holds)
-UNDIGESTED = {"probes": (LANGUAGE_KEYS["probes"], "variants"), "scorers": (LANGUAGE_KEYS["scorers"],)}
+UNDIGESTED = {"probes": (LANGUAGE_KEYS["probes"], "variants"), "scorers": (LANGUAGE_KEYS["scorers"], "probes")}
 
 
 # --- typed study objects -------------------------------------------------------------------
@@ -169,6 +169,8 @@ class Protocol:
     prompt_format: str
     seed: int
     system_prompt: str | None = None
+    #: a selective run: the generated variants it is asked of (None: every one)
+    variants: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ class ScorerSpec:
     measures: str = "toxicity"
     #: the languages it may score (lower-case tags), declared or known to finetox for its type; None: not restricted
     languages: tuple[str, ...] | None = None
+    #: a selective run: the run probe sets it scores (None: every one)
+    probes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -249,17 +253,24 @@ class Study:
                         cells.add((probe, protocol, guard.source))
         return sorted(cells)
 
-    def asks(self, probe: str, variant: str) -> bool:
-        """Whether the run asks a generated variant a run probe set: every one, unless the probe set names the
-        variants it is asked of (probes.<name>.variants, a selective run)."""
-        chosen = self.probes[probe].variants
-        return chosen is None or variant in chosen
+    def asks(self, probe: str, protocol: str, variant: str) -> bool:
+        """Whether the run asks a generated variant a run probe set under a run protocol: every one under every one,
+        unless the probe set or the protocol names the variants it is asked of (probes.<name>.variants,
+        protocols.<name>.variants: selective runs)."""
+        return all(chosen is None or variant in chosen
+                   for chosen in (self.probes[probe].variants, self.protocols[protocol].variants))
+
+    def scored_by(self, probe: str, scorer: str) -> bool:
+        """Whether a run scorer scores a run probe set: every one, unless the scorer names those it scores
+        (scorers.<name>.probes, a selective run)."""
+        chosen = self.scorers[scorer].probes
+        return chosen is None or probe in chosen
 
     def variant_runs(self, variant: str) -> list[tuple[str, str]]:
         """(probe, protocol) of every run probe set a generated variant is asked x every run protocol, in run order:
         what it answers and each run scorer scores."""
-        return [(probe, protocol) for probe in self.run_probes if self.asks(probe, variant)
-                for protocol in self.run_protocols]
+        return [(probe, protocol) for probe in self.run_probes for protocol in self.run_protocols
+                if self.asks(probe, protocol, variant)]
 
     def asked_cells(self) -> list[tuple[str, str, str]]:
         """(probe, protocol, variant) of every generated variant on each run probe set x protocol it is asked, in
@@ -447,7 +458,7 @@ class Study:
         """A digest of what makes a guarded variant's choice among its candidates what it is: its guard settings
         and the scorer's (the select rule's rerun trigger; the candidates themselves are its inputs)."""
         guard = self.raw["variants"][variant]["guard"]
-        scorer = {k: v for k, v in self.raw["scorers"][guard["scorer"]].items() if k != LANGUAGE_KEYS["scorers"]}
+        scorer = {k: v for k, v in self.raw["scorers"][guard["scorer"]].items() if k not in UNDIGESTED["scorers"]}
         return config_hash({"guard": guard, "scorer": scorer})
 
     def _checkpoint_settings(self, variant: str) -> dict:
@@ -466,7 +477,7 @@ class Study:
             "seed": v.seed if v.seed is not None else p.seed,
             "prompt_format": v.prompt_format or p.prompt_format,
             "protocol": {key: value for key, value in self.raw["protocols"][protocol].items()
-                         if key not in ("seed", "prompt_format")},
+                         if key not in ("seed", "prompt_format", "variants")},
             "engine": {key: self.generation[key] for key in self._engine_output_keys()},
         })
 
@@ -632,7 +643,8 @@ def _scorer(name: str, s: dict) -> ScorerSpec:
                               f"{s['type']}")
     measures = {"refusal": "refusal", "reward-model": "reward"}.get(s["type"], s.get("measures", "toxicity"))
     return ScorerSpec(name=name, type=s["type"], measures=measures, languages=_scorer_languages(name, s),
-                      options={k: v for k, v in s.items() if k not in ("type", LANGUAGE_KEYS["scorers"])})
+                      probes=tuple(s["probes"]) if "probes" in s else None,
+                      options={k: v for k, v in s.items() if k not in ("type", *UNDIGESTED["scorers"])})
 
 
 def _scorer_languages(name: str, s: dict) -> tuple[str, ...] | None:
@@ -660,7 +672,8 @@ def _check_languages(study: Study) -> None:
     """Every probe set is scored only by scorers that read its language: the run scorers on every run probe set, and a
     guard's selector on every probe set its guarded variant answers (evaluation and training prompts). A scorer
     applied to a language it was not trained on gives numbers that look like rates and mean nothing."""
-    pairs = {(probe, scorer) for probe in study.run_probes for scorer in study.run_scorers}
+    pairs = {(probe, scorer) for probe in study.run_probes for scorer in study.run_scorers
+             if study.scored_by(probe, scorer)}
     cells = study.evaluation_cells() + study.training_cells()
     pairs |= {(probe, scorer) for probe, _, variant in cells if (lever := study.variants[variant].lever)
               for scorer in lever_of(lever).scorers(lever)}
@@ -708,21 +721,47 @@ def _check_capability(settings: dict, datasets: dict[str, TableSource], variants
                                   f"recipe trains on")
 
 
-def _asked_variants(name: str, probe: dict, raw: dict) -> tuple[str, ...] | None:
-    """A selective run's variants (probes.<name>.variants): declared, generated, and only on a run probe set."""
-    if "variants" not in probe:
+def _asked_variants(block: str, name: str, entry: dict, raw: dict) -> tuple[str, ...] | None:
+    """A selective run's variants (probes.<name>.variants, protocols.<name>.variants): declared, generated, and only
+    on a probe set or protocol of the run."""
+    if "variants" not in entry:
         return None
-    where = f"probes[{name!r}].variants"
-    if name not in raw["run"]["probes"]:
-        raise ConfigError(f"{where}: {name!r} is not in run.probes {raw['run']['probes']}; only a run probe set is "
-                          f"asked of chosen variants (a training prompt set is answered by the variants of the "
-                          f"produced datasets that name it)")
-    for variant in probe["variants"]:
+    where = f"{block}[{name!r}].variants"
+    if name not in raw["run"][block]:
+        raise ConfigError(f"{where}: {name!r} is not in run.{block} {raw['run'][block]}; only a run "
+                          f"{'probe set' if block == 'probes' else 'protocol'} is asked of chosen variants (a training "
+                          f"prompt set is answered by the variants of the produced datasets that name it)")
+    for variant in entry["variants"]:
         _require(variant, raw["variants"], "variant", where)
         if "scores" in raw["variants"][variant]:
             raise ConfigError(f"{where}: {variant!r} is scored elsewhere; the probe set, protocol and scorer it answers "
                               f"are those of its table (variants.{variant}.scores)")
-    return tuple(probe["variants"])
+    return tuple(entry["variants"])
+
+
+def _check_scored_probes(run: dict, scorers: dict[str, ScorerSpec], variants: dict[str, Variant]) -> None:
+    """A scorer that names the probe sets it scores (scorers.<name>.probes) is a run scorer naming run probe sets;
+    every run probe set is scored by some run scorer, and a table scored elsewhere by a scorer of its probe set."""
+    for name, scorer in scorers.items():
+        if scorer.probes is None:
+            continue
+        where = f"scorers[{name!r}].probes"
+        if name not in run["scorers"]:
+            raise ConfigError(f"{where}: {name!r} is not in run.scorers {run['scorers']}; only a run scorer is given "
+                              f"the probe sets it scores")
+        for probe in scorer.probes:
+            if probe not in run["probes"]:
+                raise ConfigError(f"{where}: {probe!r} is not in run.probes {run['probes']}")
+    scored = {probe for name in run["scorers"] for probe in (scorers[name].probes or run["probes"])}
+    for probe in run["probes"]:
+        if probe not in scored:
+            raise ConfigError(f"run.probes: no run scorer scores {probe!r} (each names the probe sets it scores, "
+                              f"scorers.<name>.probes); add it to one, or drop {probe!r} from run.probes")
+    for v in variants.values():
+        if v.external and scorers[v.external.scorer].probes and v.external.probe not in scorers[v.external.scorer].probes:
+            raise ConfigError(f"variants[{v.name!r}].scores: its table answers {v.external.probe!r} scored by "
+                              f"{v.external.scorer!r}, which scores {list(scorers[v.external.scorer].probes)} only "
+                              f"(scorers.{v.external.scorer}.probes)")
 
 
 def _check_run_is_answered(run: dict, variants: dict[str, Variant]) -> None:
@@ -835,7 +874,7 @@ def load(config: dict) -> Study:
             subsets=subsets,
             sample_per_subset=p.get("sample_per_subset"),
             language=p.get("language", DEFAULT_LANGUAGE),
-            variants=_asked_variants(name, p, raw),
+            variants=_asked_variants("probes", name, p, raw),
         )
     for name, p in raw["protocols"].items():
         if "system_prompt" in p and p["prompt_format"] != "chat":
@@ -847,7 +886,8 @@ def load(config: dict) -> Study:
                 f"samples; use samples: 1 or a temperature > 0"
             )
     protocols = {
-        name: Protocol(name=name, **{**p, "seed": p["seed"] if p["seed"] is not None else seed})
+        name: Protocol(name=name, **{**p, "seed": p["seed"] if p["seed"] is not None else seed,
+                                     "variants": _asked_variants("protocols", name, p, raw)})
         for name, p in raw["protocols"].items()
     }
     scorers = {name: _scorer(name, s) for name, s in raw["scorers"].items()}
@@ -866,6 +906,7 @@ def load(config: dict) -> Study:
             raise ConfigError(f"run.scorers: {name!r} is a reward model; a reward ranks and selects answers, it is no "
                               f"rate of toxic or refused answers to compare variants by, so it cannot be a run scorer: "
                               f"list a toxicity or refusal scorer in run.scorers")
+    _check_scored_probes(run, scorers, variants)
     _check_run_is_answered(run, variants)
     comps = raw["comparisons"]
     comparisons = derive_comparisons(variants, comps["kinds"], comps["pairs"])

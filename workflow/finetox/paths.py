@@ -139,13 +139,13 @@ class Targets:
     # --- what the run asks for -------------------------------------------------------------
     def _runs(self):
         s = self.study
-        return list(product(s.run_probes, s.run_protocols, s.run_scorers))
+        return [run for run in product(s.run_probes, s.run_protocols, s.run_scorers) if s.scored_by(run[0], run[2])]
 
     def variants_in(self, probe: str, protocol: str, scorer: str) -> list[str]:
         """The variants of one probe set x protocol x scorer: every generated one the probe set is asked of, and
         the external score tables declared for it."""
         return [v.name for v in self.study.variants.values()
-                if (self.study.asks(probe, v.name) if not v.external
+                if (self.study.asks(probe, protocol, v.name) if not v.external
                     else (v.external.probe, v.external.protocol, v.external.scorer) == (probe, protocol, scorer))]
 
     def comparisons_in(self, probe: str, protocol: str, scorer: str) -> list:
@@ -207,20 +207,41 @@ class Targets:
         """A generated variant's generation tables (or, given a scorer, its score tables by that scorer) of each
         probe set x protocol it answers (or of `runs`, given a pattern such as "{variant}"), in one order: one score
         job's inputs and outputs."""
-        runs = self.study.variant_runs(variant) if runs is None else runs
+        if runs is None:
+            runs = [(probe, protocol) for probe, protocol in self.study.variant_runs(variant)
+                    if scorer is None or self.study.scored_by(probe, scorer)]
         if scorer is None:
             return [self.generations(probe, protocol, variant) for probe, protocol in runs]
         return [self.scores(probe, protocol, scorer, variant) for probe, protocol in runs]
 
     def variant_classes(self, guarded: bool | None = None) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """The generated variants (given `guarded`: guarded ones, or the others) by the probe set x protocol runs they
-        answer, the full run's first: a rule whose outputs span a variant's runs (score, select_guarded) is one rule
-        per class, as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
+        answer, the full run's first: a rule whose outputs span a variant's runs (select_guarded) is one rule per
+        class, as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
         classes: dict[tuple[tuple[str, str], ...], list[str]] = {}
-        full = tuple(product(self.study.run_probes, self.study.run_protocols))
         for variant in self.name_list(generated=True, guarded=guarded):
             classes.setdefault(tuple(self.study.variant_runs(variant)), []).append(variant)
-        return dict(sorted(classes.items(), key=lambda item: (item[0] != full, item[0])))
+        return dict(sorted(classes.items(), key=lambda item: self._run_order(item[0])))
+
+    def score_classes(self) -> list[tuple[tuple[tuple[str, str], ...], list[str], list[str]]]:
+        """(runs, scorers, variants) of each score rule: the run scorers by the probe sets they score, crossed with
+        the generated variants by the probe sets they answer; each pair of classes scores the runs both take, the
+        full run's first (one rule without selective runs)."""
+        s = self.study
+        by_probes: dict[tuple[str, ...], list[str]] = {}
+        for scorer in s.run_scorers:
+            by_probes.setdefault(tuple(p for p in s.run_probes if s.scored_by(p, scorer)), []).append(scorer)
+        rules: dict[tuple, list[str]] = {}  # (runs, scorers) -> variants: classes that score the same runs, one rule
+        for variant_runs, variants in self.variant_classes().items():
+            for probes, scorers in by_probes.items():
+                if runs := tuple(run for run in variant_runs if run[0] in probes):
+                    rules.setdefault((runs, tuple(scorers)), []).extend(variants)
+        return sorted(((runs, list(scorers), variants) for (runs, scorers), variants in rules.items()),
+                      key=lambda rule: (*self._run_order(rule[0]), rule[1]))
+
+    def _run_order(self, runs: tuple) -> tuple:
+        """A sort key of classes by their runs: the full run's first."""
+        return runs != tuple(product(self.study.run_probes, self.study.run_protocols)), runs
 
     def all_scores(self) -> list[str]:
         """Every score table (the report reads their continuations and provenance)."""

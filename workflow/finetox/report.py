@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import pandas as pd
@@ -161,7 +162,10 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
          "training": ", ".join(f"{k}={v}" for k, v in vars(r.training).items())}
         for r in study.recipes.values()
     ])
-    protocols = pd.DataFrame([vars(study.protocols[name]) for name in study.run_protocols])
+    protocols = pd.DataFrame([
+        {**vars(p), "variants": ", ".join(p.variants) if p.variants else "every variant with a model"}
+        for p in (study.protocols[name] for name in study.run_protocols)
+    ])
     probes = pd.DataFrame([
         {"probe": p.name, "language": p.language, "source": p.source.path or p.source.hub,
          "revision": p.source.revision or "", "subset": subset,
@@ -179,6 +183,7 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
     scorers = pd.DataFrame([
         {"scorer": s.name, "type": s.type,
          "languages": ", ".join(s.languages) if s.languages is not None else "any (not restricted)",
+         "scores": ", ".join(s.probes) if s.probes else "every probe set",
          **{k: v for k, v in s.options.items() if v is not None}}
         for s in (study.scorers[name] for name in study.run_scorers)
     ])
@@ -188,16 +193,20 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
 
 
 def _left_out_comparisons(study: Study) -> pd.DataFrame:
-    """The comparisons not made on a probe set that is asked of chosen variants only (probes.<name>.variants),
-    because one of their two variants is not asked it."""
-    rows = [{"probe": probe, "comparison": c.name, "kind": c.kind,
-             "reason": "not asked of " + " nor ".join(side for side in (c.baseline, c.treatment)
-                                                    if not study.asks(probe, side)) + f" (probes.{probe}.variants)"}
-            for probe in study.run_probes if study.probes[probe].variants
-            for c in study.comparisons.values()
-            if not any(study.variants[side].external for side in (c.baseline, c.treatment))
-            and not all(study.asks(probe, side) for side in (c.baseline, c.treatment))]
-    return pd.DataFrame(rows, columns=["probe", "comparison", "kind", "reason"])
+    """The comparisons not made on a probe set x protocol that is asked of chosen variants only
+    (probes.<name>.variants, protocols.<name>.variants), because one of their two variants is not asked it."""
+    rows = []
+    for probe, protocol in product(study.run_probes, study.run_protocols):
+        declared = [f"{block}.{name}.variants" for block, name, entry in
+                    (("probes", probe, study.probes[probe]), ("protocols", protocol, study.protocols[protocol]))
+                    if entry.variants]
+        for c in study.comparisons.values() if declared else ():
+            sides = (c.baseline, c.treatment)
+            missing = [side for side in sides if not study.asks(probe, protocol, side)]
+            if missing and not any(study.variants[side].external for side in sides):
+                rows.append({"probe": probe, "protocol": protocol, "comparison": c.name, "kind": c.kind,
+                             "reason": f"not asked of {' nor '.join(missing)} ({', '.join(declared)})"})
+    return pd.DataFrame(rows, columns=["probe", "protocol", "comparison", "kind", "reason"])
 
 
 # the stages in the order they run (others follow)

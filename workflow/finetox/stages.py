@@ -970,7 +970,7 @@ def calibrate(study: Study, key: str, labels: str, score_files: dict[tuple, str]
         here = sample[(sample["probe"] == probe) & (sample["protocol"] == protocol)]
         missing = here[here["toxic"].isna()].groupby("variant").size()
         stratifying = pd.concat(scores[(probe, protocol, settings.scorer)], ignore_index=True)
-        variants = [v for v in targets.generated_variants() if study.asks(probe, v)]
+        variants = [v for v in targets.generated_variants() if study.asks(probe, protocol, v)]
         for scorer in settings.scorers:
             cell = {"scorer": scorer, "probe": probe, "protocol": protocol}
             population = calibration.build_population(

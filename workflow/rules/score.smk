@@ -1,8 +1,9 @@
 # One job per scorer and generated variant: the scorer loads once and scores the variant's tables of every
-# probe set x protocol it answers. A rule's outputs cannot depend on a wildcard's value, so variants that answer
-# different probe sets (probes.<name>.variants) are scored by one rule per class: `score` for the variants that
-# answer every probe set of the run, score_2, score_3, ... for the others.
-for index, (runs, variants) in enumerate(TARGETS.variant_classes().items()):
+# probe set x protocol it answers and the scorer scores. A rule's outputs cannot depend on a wildcard's value, so
+# where variants answer different probe sets (probes.<name>.variants), or scorers score different ones
+# (scorers.<name>.probes), each class of them is a rule: `score` for those that take every probe set of the run,
+# score_2, score_3, ... for the others.
+for index, (runs, scorers, variants) in enumerate(TARGETS.score_classes()):
 
     rule:
         name:
@@ -19,6 +20,7 @@ for index, (runs, variants) in enumerate(TARGETS.variant_classes().items()):
             "logs/score/{scorer}/{variant}.log",
         wildcard_constraints:
             variant=alternatives(variants),
+            scorer=alternatives(scorers),
         conda:
             "../../envs/score.yaml"
         threads: threads_for("score")
