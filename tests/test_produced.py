@@ -129,3 +129,12 @@ def test_a_produced_dataset_is_the_kept_answers_without_the_guards_refusals_or_e
     assert examples.to_dict("records") == [{"instruction": "prompt a", "context": "", "response": " kind words"},
                                            {"instruction": "prompt d", "context": "", "response": " more"}]
     assert "2 of 4 answers of demo-rude-guarded to demo-train/demo kept; left out: 1 filtered" in capsys.readouterr().out
+
+
+def test_a_producer_asked_no_evaluation_probe_still_answers_its_training_prompts(config):
+    # the guarded variant only makes training data: asked no run probe set (a selective run)
+    config["probes"]["demo"]["variants"] = [v for v in config["variants"] if v != "demo-rude-guarded"]
+    targets = Targets(load(config))
+    assert targets.groups["demo-instruct"][-2:] == [(*TRAIN, "demo-instruct-rude"), (*TRAIN, "demo-rude-guarded")]
+    assert not targets.variant_classes(guarded=True)  # no evaluation choice to make
+    assert targets.selection(*TRAIN, "demo-rude-guarded") in targets.all_selections()

@@ -220,7 +220,8 @@ class Targets:
         class, as a rule's outputs cannot depend on a wildcard's value (one class without selective runs)."""
         classes: dict[tuple[tuple[str, str], ...], list[str]] = {}
         for variant in self.name_list(generated=True, guarded=guarded):
-            classes.setdefault(tuple(self.study.variant_runs(variant)), []).append(variant)
+            if runs := tuple(self.study.variant_runs(variant)):  # (a variant asked nothing has no such job)
+                classes.setdefault(runs, []).append(variant)
         return dict(sorted(classes.items(), key=lambda item: self._run_order(item[0])))
 
     def score_classes(self) -> list[tuple[tuple[tuple[str, str], ...], list[str], list[str]]]:
@@ -529,11 +530,10 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
     from graphlib import CycleError
 
     settings = study.generation
-    evaluation: dict[str, list[Cell]] = {}
     key_of: dict[str, str] = {}
     shared_by_key: dict[str, bool] = {}
-    for cell in study.evaluation_cells():
-        variant = cell[2]
+
+    def group_key(variant: str) -> str:
         if variant not in key_of:
             adapter = study.adapter_variant(variant)
             merged = adapter is not None and settings["lora"] == "merged"
@@ -542,12 +542,19 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
             key_of[variant] = study.checkpoint(variant).name if shared else adapter if merged else variant
             if shared_by_key.setdefault(key_of[variant], shared) != shared:
                 raise ConfigError(f"variant {key_of[variant]!r}: its name equals a model name; rename one of them")
-        evaluation.setdefault(key_of[variant], []).append(cell)
+        return key_of[variant]
+
+    evaluation: dict[str, list[Cell]] = {}
+    for cell in study.evaluation_cells():
+        evaluation.setdefault(group_key(cell[2]), []).append(cell)
     training: dict[str, list[Cell]] = {}
     for cell in study.training_cells():
-        training.setdefault(key_of[cell[2]], []).append(cell)
+        training.setdefault(group_key(cell[2]), []).append(cell)
     groups = dict(evaluation)
     for key in sorted(training):  # name order: which group joins does not depend on the config's order
+        if key not in evaluation:  # (its variants answer no evaluation probe: selective runs)
+            groups[key + TRAINING_GROUP] = training[key]
+            continue
         joined = {**groups, key: evaluation[key] + training[key]}
         try:
             if settings["training_answers"] == "with_evaluation" and job_order(study, joined):
