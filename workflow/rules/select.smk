@@ -1,6 +1,6 @@
 # One job per guarded variant: its selector loads once and chooses among the candidates of every probe set x
-# protocol it answers (no generation engine); one rule per class of variants that answer the same probe sets
-# (probes.<name>.variants), as for rule score.
+# protocol it answers (no generation engine); one rule per class of variants that answer the same probe sets and
+# protocols (probes.<name>.variants, protocols.<name>.variants), as for rule score.
 for index, (runs, variants) in enumerate(TARGETS.variant_classes(guarded=True).items()):
 
     rule:
