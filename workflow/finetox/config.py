@@ -242,16 +242,17 @@ class Study:
     def training_cells(self) -> list[tuple[str, str, str]]:
         """(probe, protocol, variant) generated only to be trained on: the answers of each produced dataset that a
         recipe uses, and for a guarded variant its source's too (its candidate 0), in name order."""
-        cells = set()
-        for recipe in {v.recipe.name: v.recipe for v in self.variants.values() if v.recipe}.values():
-            for source in recipe.datasets:
-                if source.produced:
-                    variant, probe, protocol = source.produced
-                    cells.add((probe, protocol, variant))
-                    guard = self.variants[variant].guard
-                    if guard:
-                        cells.add((probe, protocol, guard.source))
-        return sorted(cells)
+        recipes = {v.recipe.name: v.recipe for v in self.variants.values() if v.recipe}.values()
+        return sorted({cell for recipe in recipes for source in recipe.datasets for cell in self.produced_from(source)})
+
+    def produced_from(self, source: TableSource) -> set[tuple[str, str, str]]:
+        """The (probe, protocol, variant) a produced table is made from: its variant's answers and, for a guarded
+        variant, its source's too (its candidate 0); none for a table that is not produced."""
+        if not source.produced:
+            return set()
+        variant, probe, protocol = source.produced
+        guard = self.variants[variant].guard
+        return {(probe, protocol, variant), *([(probe, protocol, guard.source)] if guard else [])}
 
     def asks(self, probe: str, protocol: str, variant: str) -> bool:
         """Whether the run asks a generated variant a run probe set under a run protocol: every one under every one,

@@ -574,19 +574,12 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
 
 def trained_on(study: Study, variant: str) -> set[Cell]:
     """The generation cells a variant's weights were trained on: the produced datasets of its adapter's recipe and
-    of every fine-tune its checkpoint starts from (a guarded variant: its source's)."""
+    of every fine-tune its checkpoint starts from (a lever's variant: its source's)."""
     v = study.variants[variant]
-    if v.guard:
-        return trained_on(study, v.guard.source)
+    if v.lever:
+        return trained_on(study, v.lever.source)
     cells = trained_on(study, v.start) if v.start else set()
-    for source in v.recipe.datasets if v.recipe else ():
-        if source.produced:
-            producer, probe, protocol = source.produced
-            cells.add((probe, protocol, producer))
-            guard = study.variants[producer].guard
-            if guard:  # its candidate 0: its source's answer
-                cells.add((probe, protocol, guard.source))
-    return cells
+    return cells.union(*(study.produced_from(source) for source in (v.recipe.datasets if v.recipe else ())))
 
 
 def job_order(study: Study, groups: dict[str, list[Cell]]) -> list[str]:
