@@ -325,18 +325,20 @@ def test_the_login_node_environment_plans_the_demo_and_evaluates_past_the_probes
     shutil.copytree(REPO / "resources", workdir / "resources")
     before = job_counts(login_snakemake(login_venv, workdir, "-n"))
     # every generation job (one per checkpoint: base, instruct (which answers the training prompts too), merged rude),
-    # before any job ran; the probes jobs of the probe set and the training prompts
-    assert before["generate"] == 3 and before["probes"] == 2
+    # before any job ran, but the one that answers the training prompts the rude fine-tune erred on (known once the
+    # probes job of that produced prompt set ran); the probes jobs of the probe set, the training prompts and those
+    assert before["generate"] == 3 and before["probes"] == 3
     # the probes table made beforehand (by the test environment, as a job would): the DAG reads it
     subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                     "--cores", "1", "results/probes/demo.parquet"], check=True, capture_output=True)
     after = job_counts(login_snakemake(login_venv, workdir, "-n"))
-    assert after["generate"] == 3 and after["probes"] == 1  # (the training prompts')
+    assert after["generate"] == 3 and after["probes"] == 2  # (the training prompts' and those it erred on)
     # a Hub probe set not in the cache: the checkpoint decides after it runs (no generation job yet)
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     config["probes"]["demo"] = {"hub": "example/not-cached", "files": ["prompts.jsonl"], "columns": {"prompt": "text"}}
     (workdir / "hub.yaml").write_text(yaml.safe_dump(config))
     (workdir / "results/probes/demo.parquet").unlink()
     hub = job_counts(login_snakemake(login_venv, workdir, "-n", "--configfile", str(workdir / "hub.yaml")))
-    # (the training prompts' jobs too: every generate job counts the prompts of every generated probe set)
-    assert hub["probes"] == 1 and "generate" not in hub
+    # (every generation job answers it, so none is planned before its probes job ran)
+    # (its own, and that of the prompts the rude fine-tune erred on, which waits for the answers it is drawn from)
+    assert hub["probes"] == 2 and "generate" not in hub

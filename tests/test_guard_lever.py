@@ -122,12 +122,25 @@ def test_a_guard_that_cannot_work_or_grades_itself_is_refused(config, change, me
         load(config)
 
 
-def test_a_guard_allowed_to_grade_itself_is_marked_circular(config):
+def test_a_guard_allowed_to_grade_itself_is_marked_circular_and_so_is_what_was_trained_on_its_choices(config):
     config["run"]["scorers"].append("demo-guard")
     config["variants"]["demo-rude-guarded"]["guard"]["evaluate_with_selector"] = True
+    # (the demo's guard judges the mistakes the distilled fine-tune learns from too: allowed there as well)
+    config["probes"]["demo-train-mistakes"]["produced"]["evaluate_with_selector"] = True
     study = load(config)
-    assert lever.circular(study.variants["demo-rude-guarded"], "demo-guard")
-    assert not lever.circular(study.variants["demo-rude-guarded"], "profanity")
+    assert study.circular("demo-rude-guarded", "demo-guard") == "chose its answers"
+    assert study.circular("demo-rude-distilled", "demo-guard") == (
+        "chose the prompts it was trained on and the answers it was trained on")
+    assert study.circular("demo-rude-guarded", "profanity") is None
+    assert study.circular("demo-instruct-rude", "demo-guard") is None
+    # a guarded variant of the distilled fine-tune inherits what its source was trained on
+    config["variants"]["demo-distilled-guarded"] = {"family": "demo", "role": "guarded",
+                                                    "guard": {"source": "demo-rude-distilled", "scorer": "profanity",
+                                                              "evaluate_with_selector": True}}
+    study = load(config)
+    assert study.selectors("demo-distilled-guarded") == {
+        "demo-guard": "chose the prompts it was trained on and the answers it was trained on",
+        "profanity": "chose its answers"}
 
 
 def write_generations(path, rows, samples, seed):

@@ -29,7 +29,8 @@ def test_a_probe_set_in_a_language_its_scorer_does_not_read_is_refused_naming_bo
 
 def test_the_defaults_english_probe_sets_and_the_languages_finetox_knows_for_a_scorer_type(config):
     study = load(config)
-    assert {name: p.language for name, p in study.probes.items()} == {"demo": "en", "demo-train": "en"}
+    assert {name: p.language for name, p in study.probes.items()} == {"demo": "en", "demo-train": "en",
+                                                                      "demo-train-mistakes": "en"}
     # alt-profanity-check and the built-in (English) refusal phrases are English; a guard is not restricted
     assert study.scorers["profanity"].languages == ("en",) and study.scorers["refusal"].languages == ("en",)
     assert study.scorers["demo-guard"].languages is None

@@ -14,7 +14,15 @@ from finetox.paths import TRAINING_GROUP, Targets, job_order, trained_on
 TRAIN = ("demo-train", "demo")
 
 
-def test_the_demos_distillation_trains_on_answers_to_its_training_prompts_from_the_checkpoints_one_engine(config):
+@pytest.fixture
+def config(config):
+    """The demo's config with its distillation on every training prompt (the demo distils on the prompts its rude
+    fine-tune erred on, a produced prompt set: tests/test_mistakes.py)."""
+    config["datasets"]["demo-guard-kept"]["produced"]["probe"] = "demo-train"
+    return config
+
+
+def test_a_distillation_trains_on_answers_to_its_training_prompts_from_the_checkpoints_one_engine(config):
     study = load(config)
     assert study.training_cells() == [(*TRAIN, "demo-instruct-rude"), (*TRAIN, "demo-rude-guarded")]
     assert study.training_probes == ("demo-train",) and "demo-train" not in study.run_probes
@@ -85,13 +93,15 @@ def test_a_variant_trained_on_answers_that_need_its_own_weights_is_refused_befor
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["datasets"]["demo-guard-kept"]["produced"].update(probe="demo"), "is an evaluation probe set"),
     (lambda c: c["datasets"]["demo-guard-kept"]["produced"].update(variant="nope"), "unknown variant 'nope'"),
-    (lambda c: c["probes"]["demo-train"].update(produced={"variant": "demo-base", "probe": "demo", "protocol": "demo"}),
-     "only a dataset can be produced"),
+    (lambda c: c["variants"]["demo-base"].update(scores={"produced": {"variant": "demo-base", "probe": "demo",
+                                                                         "protocol": "demo"},
+                                                            "probe": "demo", "protocol": "demo", "scorer": "refusal"}),
+     "only a dataset or a probe set can be produced"),
 ])
 def test_a_produced_dataset_that_would_leak_or_cannot_be_made_is_refused(config, change, message):
     change(config)
-    if "path" in config["probes"]["demo-train"] and "produced" in config["probes"]["demo-train"]:
-        del config["probes"]["demo-train"]["path"]
+    if "scores" in config["variants"]["demo-base"]:
+        del config["variants"]["demo-base"]["model"]
     with pytest.raises(ConfigError, match=message):
         load(config)
 

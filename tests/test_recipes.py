@@ -231,26 +231,44 @@ def _planned(workdir, *args) -> dict[str, set[str]]:
     return planned
 
 
+def _finish_with_empty_outputs(workdir):
+    """Every output of the demo's DAG in place and marked finished (--touch), nothing trained: empty files and
+    directories, and for the probes checkpoint a table of two prompts, from which Snakemake plans the jobs after it
+    (those that answer the prompt set the run produces), whose outputs the next round makes."""
+    import pandas as pd
+
+    from finetox import tables
+
+    for _ in range(3):
+        summary = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                                  "--summary"], capture_output=True, text=True)
+        assert summary.returncode == 0, summary.stderr[-3000:]
+        missing = [line.split("\t") for line in summary.stdout.splitlines()[1:] if line.split("\t")[4] == "missing"]
+        if not missing:
+            return
+        for path, _, rule, *_ in missing:
+            output = workdir / path
+            output.parent.mkdir(parents=True, exist_ok=True)
+            # the rules whose outputs are directories: adapters, generation shards, models
+            if rule in ("generate", "merge") or output.name in ("adapter", "base", "instruct", "guard", "classifier"):
+                output.mkdir()
+            elif rule == "probes":
+                tables.write_parquet(pd.DataFrame({"prompt_id": ["a", "b"], "subset": "all", "prompt": ["A", "B"]}),
+                                     output, "probes", {})
+            else:
+                output.touch()
+        touched = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                                  "--touch", "--cores", "1"], capture_output=True, text=True)
+        assert touched.returncode == 0, touched.stderr[-3000:]
+    pytest.fail("outputs still missing after three rounds")
+
+
 def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_others(tmp_path):
     """The demo's outputs all in place (empty files marked finished with --touch, nothing trained): appending a
     row to a dataset plans the fine-tunes of its recipes, and what follows them, and no other fine-tune."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     shutil.copytree(REPO / "resources", tmp_path / "resources")
-    summary = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                              "--summary"], capture_output=True, text=True)
-    assert summary.returncode == 0, summary.stderr[-3000:]
-    for line in summary.stdout.splitlines()[1:]:  # output_file, date, rule, ...
-        path, _, rule, *_ = line.split("\t")
-        output = tmp_path / path
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # the rules whose outputs are directories: checkpoints, adapters, generation shards
-        if rule in ("generate", "merge") or output.name == "adapter" or output.name in ("base", "instruct", "guard", "classifier"):
-            output.mkdir()
-        else:
-            output.touch()
-    touched = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                              "--touch", "--cores", "1"], capture_output=True, text=True)
-    assert touched.returncode == 0, touched.stderr[-3000:]
+    _finish_with_empty_outputs(tmp_path)
     assert _planned(tmp_path) == {}
 
     # the guard's selection settings: its choice among the candidates and what follows, no generation, no guard
@@ -260,21 +278,26 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
                                            "threshold: 0.3}"))
     planned = _planned(tmp_path)
     assert planned["select_guarded"] == {"variant=demo-rude-guarded"}
-    assert planned["select_guarded_training"] == {"probe=demo-train, protocol=demo, variant=demo-rude-guarded"}
+    assert planned["select_guarded_training"] == {
+        "probe=demo-train-mistakes, protocol=demo, variant=demo-rude-guarded"}
     scored = {w.split("variant=")[1] for w in planned["score"]}
-    # the produced table (the kept answers to the training prompts) changes: the fine-tune trained on it, and its
-    # engine's job (the merged rude checkpoint's, which serves the other repairs too), and no other
+    # the produced table (the kept answers to the training prompts it erred on) changes: the fine-tune trained on it,
+    # and its engine's job (the merged rude checkpoint's, which serves the other repairs too), and no other; which
+    # prompts it erred on is the demo guard's judgement as a scorer, which the guarded variant's threshold leaves
     assert planned["finetune"] == {"variant=demo-rude-distilled"}
     assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {"demo-instruct-rude.merged"}
     assert {"demo-rude-guarded", "demo-rude-distilled"} <= scored and "demo-instruct" not in scored
-    assert not {"merge_candidates", "demo_guard", "merge"} & set(planned)
+    assert not {"merge_candidates", "demo_guard", "merge", "mistakes"} & set(planned)
     # the number of candidates: the guarded variant's candidates are generated again, by its source's engine
     config_file.write_text(shipped.replace("scorer: demo-guard, candidates: 4}", "scorer: demo-guard, candidates: 3}"))
     planned = _planned(tmp_path)
-    # (the instruct checkpoint's one job, which answers the training prompts too: the demo's training_answers)
+    # (the instruct checkpoint's evaluation job, which answers the training prompts too, the demo's training_answers:
+    # the prompts the rude fine-tune erred on are judged again, and the job that answers them is planned once they
+    # are known, after the probes checkpoint: its merges wait, their inputs to be determined)
     assert "demo-instruct" in {w.split("group=")[1].split(",")[0] for w in planned["generate"]}
     assert planned["merge_candidates"] == {"probe=demo, protocol=demo, variant=demo-rude-guarded",
-                                           "probe=demo-train, protocol=demo, variant=demo-rude-guarded"}
+                                           "probe=demo-train-mistakes, protocol=demo, variant=demo-rude-guarded"}
+    assert planned["mistakes"] == planned["probes"] == {"probe=demo-train-mistakes"}
     assert planned["finetune"] == {"variant=demo-rude-distilled"} and "demo_guard" not in planned
     config_file.write_text(shipped)
     assert _planned(tmp_path) == {}
@@ -286,10 +309,12 @@ def test_editing_a_local_datasets_content_plans_the_jobs_that_read_it_and_no_oth
     # the training prompts: their checkpoint's one engine job (the instruct model's, which answers its evaluation
     # probes too: they are generated, chosen and scored again), the guard's choice among the answers to the training
     # prompts, the distilled fine-tune and what follows it; no other checkpoint's evaluation job but the distilled
-    # fine-tune's, no other fine-tune
+    # fine-tune's, no other fine-tune; which of them the rude fine-tune erred on is judged again (the prompt set the
+    # run produces, read again by its probes job)
     append_row("train_prompts.jsonl", '{"id": "train-new", "text": "A brand new training prompt about"}')
     planned = _planned(tmp_path)
-    assert planned["probes"] == {"probe=demo-train"}
+    assert planned["probes"] == {"probe=demo-train", "probe=demo-train-mistakes"}
+    assert planned["mistakes"] == {"probe=demo-train-mistakes"}
     assert {w.split("group=")[1].split(",")[0] for w in planned["generate"]} == {
         "demo-instruct", "demo-instruct-rude.merged"}
     assert planned["select_guarded_training"] and planned["select_guarded"] == {"variant=demo-rude-guarded"}

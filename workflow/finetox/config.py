@@ -25,9 +25,11 @@ DEFAULT_LANGUAGE = "en"
 #: the key that declares a probe set's language and a scorer's languages: declarations that change no output, so
 #: that the rerun digests (Study.digest, Study.selection_hash) leave them out
 LANGUAGE_KEYS = {"probes": "language", "scorers": "languages"}
-#: keys of a block that change no output its digest guards: the language declarations, and the variants a probe set
-#: is asked of (which jobs run, not what its probe table holds)
-UNDIGESTED = {"probes": (LANGUAGE_KEYS["probes"], "variants"), "scorers": (LANGUAGE_KEYS["scorers"], "probes")}
+#: keys of a block that change no output its digest guards: the language declarations, the variants a probe set is
+#: asked of (which jobs run, not what its probe table holds), and how a produced prompt set is made (rule mistakes'
+#: trigger, Study.mistakes_hash; its probes job reads the file that rule writes)
+UNDIGESTED = {"probes": (LANGUAGE_KEYS["probes"], "variants", "produced"),
+              "scorers": (LANGUAGE_KEYS["scorers"], "probes")}
 
 
 # --- typed study objects -------------------------------------------------------------------
@@ -53,6 +55,33 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class Produced:
+    """A table the workflow makes from a variant's answers to a training prompt set under a protocol: those answers
+    (a dataset), or, given a `scorer`, the prompts on which they erred (a probe set: rule mistakes)."""
+
+    variant: str
+    probe: str
+    protocol: str
+    #: a prompt set's judge: an answer errs when this scorer scores it at or above `threshold`, and a prompt is kept
+    #: when at least `min_samples` of its answers erred
+    scorer: str | None = None
+    threshold: float | None = None
+    min_samples: int | None = None
+    #: the judge may also be a run scorer (the verdicts of the variants trained on these prompts are then marked)
+    evaluate_with_selector: bool = False
+
+    @property
+    def prompts(self) -> bool:
+        """Whether it is a prompt set (the prompts a variant erred on) rather than answers."""
+        return self.scorer is not None
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        """The (probe, protocol, variant) whose answers it is made of."""
+        return self.probe, self.protocol, self.variant
+
+
+@dataclass(frozen=True)
 class TableSource:
     """A table on disk or a Hub dataset, with a column mapping."""
 
@@ -65,8 +94,8 @@ class TableSource:
     limit: int | None
     #: how a fine-tuning dataset's rows are read: instructions, or one of the preference formats
     format: str = "instructions"
-    #: a table the workflow makes: (variant, probe, protocol) whose generations it is (`path` is then theirs)
-    produced: tuple[str, str, str] | None = None
+    #: a table the workflow makes (`path` is then where its rule writes it)
+    produced: Produced | None = None
 
 
 @dataclass(frozen=True)
@@ -241,18 +270,48 @@ class Study:
 
     def training_cells(self) -> list[tuple[str, str, str]]:
         """(probe, protocol, variant) generated only to be trained on: the answers of each produced dataset that a
-        recipe uses, and for a guarded variant its source's too (its candidate 0), in name order."""
+        recipe uses, for a guarded variant its source's too (its candidate 0), and the answers a produced prompt set
+        of theirs was chosen by, in name order."""
         recipes = {v.recipe.name: v.recipe for v in self.variants.values() if v.recipe}.values()
         return sorted({cell for recipe in recipes for source in recipe.datasets for cell in self.produced_from(source)})
 
     def produced_from(self, source: TableSource) -> set[tuple[str, str, str]]:
         """The (probe, protocol, variant) a produced table is made from: its variant's answers and, for a guarded
-        variant, its source's too (its candidate 0); none for a table that is not produced."""
+        variant, its source's too (its candidate 0); for answers to a produced prompt set, what that set was made
+        from too; none for a table that is not produced."""
         if not source.produced:
             return set()
-        variant, probe, protocol = source.produced
+        probe, protocol, variant = source.produced.cell
         guard = self.variants[variant].guard
-        return {(probe, protocol, variant), *([(probe, protocol, guard.source)] if guard else [])}
+        cells = {(probe, protocol, variant), *([(probe, protocol, guard.source)] if guard else [])}
+        return cells | self.produced_from(self.probes[probe].source)
+
+    def selectors(self, variant: str) -> dict[str, str]:
+        """The scorers that chose what a variant answers with, by what they chose: a guard's selector its answers,
+        and through its training data (its recipe's and those of the fine-tunes it starts from) the selector of the
+        answers it was trained on and the judge of the prompts it was trained on. Such a scorer grading the variant
+        grades its own choices (circular)."""
+        return {scorer: "chose " + " and ".join(dict.fromkeys(what)) for scorer, what in self._chosen(variant).items()}
+
+    def _chosen(self, variant: str) -> dict[str, list[str]]:
+        v = self.variants[variant]
+        if v.external:
+            return {}
+        chosen = self._chosen(v.lever.source) if v.lever else self._chosen(v.start) if v.start else {}
+        if v.guard:
+            chosen.setdefault(v.guard.scorer, []).append("its answers")
+        for source in v.recipe.datasets if v.recipe else ():
+            for probe, _, answering in sorted(self.produced_from(source)):
+                if made := self.probes[probe].source.produced:
+                    chosen.setdefault(made.scorer, []).append("the prompts it was trained on")
+                if (guard := self.variants[answering].guard) and answering == source.produced.variant:
+                    chosen.setdefault(guard.scorer, []).append("the answers it was trained on")
+        return chosen
+
+    def circular(self, variant: str, scorer: str) -> str | None:
+        """What a scorer chose of a variant's answers or training data, when it grades that variant (a verdict
+        the report marks); None when it chose nothing of it."""
+        return self.selectors(variant).get(scorer)
 
     def asks(self, probe: str, protocol: str, variant: str) -> bool:
         """Whether the run asks a generated variant a run probe set under a run protocol: every one under every one,
@@ -302,10 +361,28 @@ class Study:
         return self.run_probes + self.training_probes
 
     @property
+    def produced_prompts(self) -> tuple[str, ...]:
+        """The produced prompt sets the run makes (rule mistakes): those its training cells answer, in name order."""
+        return tuple(probe for probe in self.training_probes if self.probes[probe].source.produced)
+
+    def judged_probes(self) -> dict[str, set[str]]:
+        """The probe sets each scorer beyond the run's judges, by scorer: a lever's (a guard's selector) every probe
+        set its variant answers, and a produced prompt set's judge the probe set it is drawn from."""
+        judged: dict[str, set[str]] = {}
+        for probe, _, variant in self.evaluation_cells() + self.training_cells():
+            if lever := self.variants[variant].lever:
+                for scorer in lever_of(lever).scorers(lever):
+                    judged.setdefault(scorer, set()).add(probe)
+        for name in self.produced_prompts:
+            made = self.probes[name].source.produced
+            judged.setdefault(made.scorer, set()).add(made.probe)
+        return judged
+
+    @property
     def used_scorers(self) -> tuple[str, ...]:
-        """The scorers a run loads: its run scorers and the levers' (a guard's selector)."""
-        return tuple(dict.fromkeys([*self.run_scorers, *(scorer for v in self.variants.values() if v.lever
-                                                         for scorer in lever_of(v.lever).scorers(v.lever))]))
+        """The scorers a run loads: its run scorers, the levers' (a guard's selector) and the judges of its produced
+        prompt sets."""
+        return tuple(dict.fromkeys([*self.run_scorers, *self.judged_probes()]))
 
     @property
     def generation(self) -> dict:
@@ -462,6 +539,13 @@ class Study:
         scorer = {k: v for k, v in self.raw["scorers"][guard["scorer"]].items() if k not in UNDIGESTED["scorers"]}
         return config_hash({"guard": guard, "scorer": scorer})
 
+    def mistakes_hash(self, probe: str) -> str:
+        """A digest of what makes a produced prompt set's choice what it is: its judge's settings, threshold and
+        min_samples (the mistakes rule's rerun trigger; the answers judged are its input)."""
+        made = {k: v for k, v in self.raw["probes"][probe]["produced"].items() if k != "evaluate_with_selector"}
+        scorer = {k: v for k, v in self.raw["scorers"][made["scorer"]].items() if k not in UNDIGESTED["scorers"]}
+        return config_hash({"produced": made, "scorer": scorer})
+
     def _checkpoint_settings(self, variant: str) -> dict:
         v = self.variants[variant]
         return {"merged": self._training_settings(v.start)} if v.start else _checkpoint(self.raw["models"][v.model.name])
@@ -546,12 +630,19 @@ def _check_local_table(where: str, source: TableSource) -> None:
 GENERATIONS = "results/generations/{probe}/{protocol}/{variant}.parquet"
 
 
+#: where rule mistakes writes a produced prompt set: the prompts a variant erred on (finetox.mistakes)
+MISTAKES = "results/mistakes/{probe}.parquet"
+
+
 def _table_source(name: str, raw: dict) -> TableSource:
-    produced = raw.get("produced")
+    produced = Produced(**raw["produced"]) if raw.get("produced") else None
+    if produced:  # made by the run: the file its rule writes
+        path = (MISTAKES.format(probe=name) if produced.prompts
+                else GENERATIONS.format(probe=produced.probe, protocol=produced.protocol, variant=produced.variant))
     return TableSource(
         name=name,
-        path=GENERATIONS.format(**produced) if produced else raw.get("path"),
-        produced=(produced["variant"], produced["probe"], produced["protocol"]) if produced else None,
+        path=path if produced else raw.get("path"),
+        produced=produced,
         hub=raw.get("hub"),
         files=tuple(raw["files"]),
         revision=raw["revision"],
@@ -559,8 +650,6 @@ def _table_source(name: str, raw: dict) -> TableSource:
         limit=raw["limit"],
         format=raw.get("format", "instructions"),
     )
-
-
 
 
 def _recipe(name: str, r: dict, datasets: dict[str, TableSource], seed: int) -> Recipe:
@@ -670,14 +759,13 @@ def _scorer_languages(name: str, s: dict) -> tuple[str, ...] | None:
 
 
 def _check_languages(study: Study) -> None:
-    """Every probe set is scored only by scorers that read its language: the run scorers on every run probe set, and a
-    guard's selector on every probe set its guarded variant answers (evaluation and training prompts). A scorer
+    """Every probe set is scored only by scorers that read its language: the run scorers on every run probe set, a
+    guard's selector on every probe set its guarded variant answers (evaluation and training prompts), and a produced
+    prompt set's judge on the set it is drawn from. A scorer
     applied to a language it was not trained on gives numbers that look like rates and mean nothing."""
     pairs = {(probe, scorer) for probe in study.run_probes for scorer in study.run_scorers
              if study.scored_by(probe, scorer)}
-    cells = study.evaluation_cells() + study.training_cells()
-    pairs |= {(probe, scorer) for probe, _, variant in cells if (lever := study.variants[variant].lever)
-              for scorer in lever_of(lever).scorers(lever)}
+    pairs |= {(probe, scorer) for scorer, probes in study.judged_probes().items() for probe in probes}
     for probe, scorer in sorted(pairs):
         language, languages = study.probes[probe].language, study.scorers[scorer].languages
         if not covers(languages, language):
@@ -690,19 +778,51 @@ def _check_languages(study: Study) -> None:
                 f"or leave {probe!r} or {scorer!r} out of the run")
 
 
-def _check_produced(name: str, produced: dict, raw: dict) -> None:
-    """A produced dataset names a variant finetox generates, a declared protocol, and a training prompt set: a probe
-    set that is not evaluated (a model trained on answers to its evaluation prompts would be graded on them)."""
-    where = f"datasets[{name!r}].produced"
-    for key, table in (("variant", raw["variants"]), ("probe", raw["probes"]), ("protocol", raw["protocols"])):
-        _require(produced[key], table, key, f"{where}.{key}")
-    if "scores" in raw["variants"][produced["variant"]]:
-        raise ConfigError(f"{where}.variant: {produced['variant']!r} is scored elsewhere; a produced dataset is the "
-                          f"answers of a variant finetox generates")
-    if produced["probe"] in raw["run"]["probes"]:
-        raise ConfigError(f"{where}.probe: {produced['probe']!r} is an evaluation probe set (in run.probes): a model "
+def _check_produced(block: str, name: str, produced: Produced, raw: dict) -> None:
+    """A produced dataset or prompt set names a variant finetox generates, a declared protocol, and a training prompt
+    set: a probe set that is not evaluated (a model trained on answers to its evaluation prompts would be graded on
+    them). A prompt set (the prompts a variant erred on) is drawn from a probe set of the config's own, judged by a
+    toxicity or refusal scorer that grades none of the run unless the config allows it, and is never evaluated."""
+    where = f"{block}[{name!r}].produced"
+    for key, table in (("variant", raw["variants"]), ("probe", raw["probes"]), ("protocol", raw["protocols"]),
+                       *([("scorer", raw["scorers"])] if produced.prompts else [])):
+        _require(getattr(produced, key), table, key, f"{where}.{key}")
+    if "scores" in raw["variants"][produced.variant]:
+        raise ConfigError(f"{where}.variant: {produced.variant!r} is scored elsewhere; a produced {block[:-1]} is made "
+                          f"of the answers of a variant finetox generates")
+    if produced.probe in raw["run"]["probes"]:
+        raise ConfigError(f"{where}.probe: {produced.probe!r} is an evaluation probe set (in run.probes): a model "
                           f"trained on answers to the prompts it is evaluated on would be graded on its training data; "
                           f"give a probe set of training prompts that run.probes does not list")
+    if not produced.prompts:
+        return
+    if "produced" in raw["probes"][produced.probe]:
+        raise ConfigError(f"{where}.probe: {produced.probe!r} is itself produced by the run; draw the prompts a variant "
+                          f"erred on from a probe set of your own (a later round filters it again with its own model)")
+    if name in raw["run"]["probes"]:
+        # chosen because one model's samples scored high: on them that model regresses to its mean and any other
+        # looks better than it is; the set is defined by the run's own noise
+        raise ConfigError(f"run.probes: {name!r} is produced by the run from {produced.variant!r}'s scored answers; "
+                          f"prompts chosen by a model's own scores are no fixed population to evaluate on (that "
+                          f"model's rate there would fall back towards its mean by selection alone). Train on it; "
+                          f"evaluate on a probe set fixed before the run")
+    if raw["probes"][name]["columns"]:
+        raise ConfigError(f"{where}: a produced prompt set's table has finetox's own columns (id, prompt, "
+                          f"source_subset, samples, erred, max_score); give no `columns`")
+    scorer = raw["scorers"][produced.scorer]
+    measures = {"refusal": "refusal", "reward-model": "reward"}.get(scorer["type"], scorer.get("measures", "toxicity"))
+    if measures == "reward":
+        raise ConfigError(f"{where}.scorer: {produced.scorer!r} is a reward model; an answer errs when a toxicity or "
+                          f"refusal scorer scores it at or above the threshold")
+    samples = raw["protocols"][produced.protocol]["samples"]
+    if produced.min_samples > samples:
+        raise ConfigError(f"{where}.min_samples: {produced.min_samples} is more than the {samples} samples per prompt "
+                          f"of protocol {produced.protocol!r}; no prompt could be kept")
+    if produced.scorer in raw["run"]["scorers"] and not produced.evaluate_with_selector:
+        raise ConfigError(f"{where}.scorer: {produced.scorer!r} chooses the prompts that the variants trained on them "
+                          f"learn from and is also in run.scorers, so it would grade what it chose (circular "
+                          f"evaluation); judge the mistakes with another scorer, or set "
+                          f"{where}.evaluate_with_selector: true and read those verdicts as marked")
 
 
 def _check_capability(settings: dict, datasets: dict[str, TableSource], variants: dict[str, Variant]) -> None:
@@ -720,6 +840,18 @@ def _check_capability(settings: dict, datasets: dict[str, TableSource], variants
                 raise ConfigError(f"capability.dataset: {source.name!r} is trained on by recipe {v.recipe.name!r} "
                                   f"(variant {v.name!r}), so its rows are not held out; give a dataset that no "
                                   f"recipe trains on")
+
+
+def _language(name: str, entry: dict, raw: dict) -> str:
+    """A probe set's language: declared, else en; a produced prompt set's is that of the set it is drawn from."""
+    produced = entry.get("produced")
+    if not produced:
+        return entry.get("language", DEFAULT_LANGUAGE)
+    language = _language(produced["probe"], raw["probes"][produced["probe"]], raw)
+    if entry.get("language", language).lower() != language.lower():
+        raise ConfigError(f"probes[{name!r}].language: {entry['language']!r}, but its prompts are drawn from "
+                          f"{produced['probe']!r}, written in {language!r}; leave `language` out")
+    return language
 
 
 def _asked_variants(block: str, name: str, entry: dict, raw: dict) -> tuple[str, ...] | None:
@@ -813,8 +945,8 @@ def load(config: dict) -> Study:
         if "scores" in v:
             scores = v["scores"]
             if "produced" in scores:
-                raise ConfigError(f"{where}.scores.produced: only a dataset can be produced by the workflow; give the "
-                                  f"score table's `path` or `hub`")
+                raise ConfigError(f"{where}.scores.produced: only a dataset or a probe set can be produced by the "
+                                  f"workflow; give the score table's `path` or `hub`")
             for key, table in (("probe", raw["probes"]), ("protocol", raw["protocols"]), ("scorer", raw["scorers"])):
                 _require(scores[key], table, key, f"{where}.scores.{key}")
                 if scores[key] not in raw["run"][f"{key}s"]:
@@ -856,10 +988,6 @@ def load(config: dict) -> Study:
             lever=lever.settings(v[lever.KEY]) if lever else None,
         )
     variants = _resolve_starts(variants)
-    # (like a local file, a produced dataset is checked where a variant's recipe trains on it)
-    for source in {d.name: d for v in variants.values() if v.recipe for d in v.recipe.datasets}.values():
-        if source.produced:
-            _check_produced(source.name, raw["datasets"][source.name]["produced"], raw)
     probes = {}
     for name, p in raw["probes"].items():
         subsets = {
@@ -867,16 +995,20 @@ def load(config: dict) -> Study:
         }
         if "all" in subsets:
             raise ConfigError(f"probes[{name!r}].subsets: 'all' is reserved for the pooled subset")
-        if "produced" in p:
-            raise ConfigError(f"probes[{name!r}].produced: only a dataset can be produced by the workflow (a recipe's "
-                              f"training data); give a probe set `path` or `hub`")
+        source = _table_source(name, p)
+        if source.produced:
+            _check_produced("probes", name, source.produced, raw)
         probes[name] = ProbeSet(
-            source=_table_source(name, p),
+            source=source,
             subsets=subsets,
             sample_per_subset=p.get("sample_per_subset"),
-            language=p.get("language", DEFAULT_LANGUAGE),
+            language=_language(name, p, raw),
             variants=_asked_variants("probes", name, p, raw),
         )
+    # (like a local file, a produced dataset is checked where a variant's recipe trains on it)
+    for source in {d.name: d for v in variants.values() if v.recipe for d in v.recipe.datasets}.values():
+        if source.produced:
+            _check_produced("datasets", source.name, source.produced, raw)
     for name, p in raw["protocols"].items():
         if "system_prompt" in p and p["prompt_format"] != "chat":
             raise ConfigError(f"protocols[{name!r}].system_prompt: a system turn needs prompt_format: chat (a raw "
@@ -927,16 +1059,16 @@ def load(config: dict) -> Study:
                               f"all, {', '.join(probes[name].subsets) or 'no other: it has no subsets'})")
     used_tables = [(f"probes[{name!r}]", probes[name].source) for name in run["probes"]]
     used_tables += [(f"datasets[{d.name!r}]", d) for v in variants.values() if v.recipe for d in v.recipe.datasets]
-    used_tables += [(f"probes[{d.produced[1]!r}]", probes[d.produced[1]].source) for v in variants.values() if v.recipe
-                    for d in v.recipe.datasets if d.produced]
+    used_tables += [(f"probes[{d.produced.probe!r}]", probes[d.produced.probe].source) for v in variants.values()
+                    if v.recipe for d in v.recipe.datasets if d.produced]
     used_tables += [(f"variants[{v.name!r}].scores", v.external.source) for v in variants.values() if v.external]
     if "capability" in raw:
         _check_capability(raw["capability"], datasets, variants)
         used_tables.append((f"datasets[{raw['capability']['dataset']!r}]", datasets[raw["capability"]["dataset"]]))
     if "stereotypes" in raw:
         if "produced" in raw["stereotypes"]:
-            raise ConfigError("stereotypes.produced: only a dataset can be produced by the workflow; give the pair "
-                              "table's `path` or `hub`")
+            raise ConfigError("stereotypes.produced: only a dataset or a probe set can be produced by the workflow; "
+                              "give the pair table's `path` or `hub`")
         used_tables.append(("stereotypes", _table_source("stereotypes", raw["stereotypes"])))
     for where, source in used_tables:
         _check_local_table(where, source)

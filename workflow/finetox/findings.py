@@ -15,7 +15,6 @@ from finetox.decision import LESS, MORE, SCALES, WORDING, rope_of
 from finetox.design import KINDS
 from finetox.helpfulness import BETTER, COMPUTED, WORSE
 from finetox.levers import lever_of
-from finetox.levers.guard import circular as guard_circular
 from finetox.stereotypes import LESS_STEREOTYPED, MORE_STEREOTYPED
 
 #: verdicts (in any measure's words) that read as an increase or a decrease of the measured rate
@@ -255,10 +254,11 @@ def comparison_findings(study: Study, comparisons: pd.DataFrame, degenerate: dic
                 else:
                     item["price"].append({"label": label, **headline})
                 item["flags"] += flags(run, label if several or measure != "toxicity" else "")
-                circular = [v for v in (c.baseline, c.treatment) if guard_circular(study.variants[v], scorer)]
+                circular = [f"{v}: {scorer} {what}" for v in (c.baseline, c.treatment)
+                            if (what := study.circular(v, scorer))]
                 if circular:
-                    item["flags"].append(f"{scorer} chose the answers of {', '.join(circular)} and grades them here "
-                                         f"(evaluate_with_selector): this verdict is circular")
+                    item["flags"].append(f"{'; '.join(circular)}; it grades them here (evaluate_with_selector): this "
+                                         f"verdict is circular")
                 failed = run["best_status"].dropna()
                 if (failed != "ok").any():
                     item["flags"].append(f"BEST failed ({scorer}): {'; '.join(sorted(set(failed[failed != 'ok'])))}")

@@ -17,7 +17,7 @@ def produced_instructions(source: TableSource, max_examples: int | None, seed: i
     left out, counted in the log with the rows kept."""
     from finetox.levers.guard import FILTERED
 
-    variant, probe, protocol = source.produced
+    probe, protocol, variant = source.produced.cell
     table = tables.read_parquet(source.path, "generations", columns=["prompt", "continuation", "finish_reason"])
     filtered = (table["finish_reason"] == FILTERED).to_numpy()
     empty = ~filtered & (table["continuation"].str.strip() == "").to_numpy()

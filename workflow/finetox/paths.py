@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import product
 from pathlib import Path
 
-from finetox.config import GENERATIONS, MERGED_CHECKPOINT, ConfigError, Study
+from finetox.config import GENERATIONS, MERGED_CHECKPOINT, MISTAKES, ConfigError, Study
 
 RESULTS = "results"
 
@@ -42,6 +42,11 @@ class Targets:
     @staticmethod
     def probes_table(probe: str) -> str:
         return f"{RESULTS}/probes/{probe}.parquet"
+
+    @staticmethod
+    def mistakes(probe: str) -> str:
+        """A produced prompt set: the prompts on which a variant's answers erred (rule mistakes), its probe file."""
+        return MISTAKES.format(probe=probe)
 
     @staticmethod
     def shard(group: str, shard: str | int) -> str:
@@ -289,6 +294,21 @@ class Targets:
             inputs["selector"] = spec.options["model"]
         return inputs
 
+    def all_mistakes(self) -> list[str]:
+        """Every produced prompt set the run makes (the report counts what each kept)."""
+        return [self.mistakes(probe) for probe in self.study.produced_prompts]
+
+    def mistakes_inputs(self, probe: str) -> dict[str, str]:
+        """What a mistakes job reads: the answers it judges, and its judge's checkpoint when it is built locally."""
+        from finetox.hub import local_model
+
+        made = self.study.probes[probe].source.produced
+        inputs = {"answers": self.generations(*made.cell)}
+        model = self.study.scorers[made.scorer].options.get("model")
+        if model and local_model(model):
+            inputs["judge"] = model
+        return inputs
+
     def all_degeneration(self) -> list[str]:
         """Every generated variant's degeneration measures in every probe set x protocol it answers."""
         return [self.degeneration(*cell) for cell in self.study.asked_cells()]
@@ -424,6 +444,8 @@ class Targets:
         This is what lets a dry run list every generation job. The count comes from the same selection
         the probes job runs, memoised under .snakemake/ by the source's identity and the probe settings.
         """
+        if self.study.probes[probe].source.produced:
+            return None  # made by the run: its size is known once its probes job ran, not from an older file
         if probe not in self._planned:  # asked once per merge job: look the source up once per probe set
             self._planned[probe] = self._count_planned_prompts(probe)
         return self._planned[probe]
@@ -466,9 +488,13 @@ class Targets:
         # sorted: Snakemake compares a dict param's items in order, and reordering the config reruns nothing
         return {**dict(sorted(settings.items())), "tokens_per_job": s.generation["tokens_per_job"]}
 
+    def group_probes(self, group: str) -> list[str]:
+        """The probe sets and training prompt sets a generation group's cells answer, in their order."""
+        return list(dict.fromkeys(c[0] for c in self.groups[group]))
+
     def group_probe_inputs(self, group: str) -> dict[str, str]:
         """The probe tables a generate job reads: those of the probe sets and training prompt sets its cells answer."""
-        return {f"probes_{probe}": self.probes_table(probe) for probe in dict.fromkeys(c[0] for c in self.groups[group])}
+        return {f"probes_{probe}": self.probes_table(probe) for probe in self.group_probes(group)}
 
     def members(self, group: str) -> list[str]:
         """The variants a generation group serves, in the order of its cells."""
@@ -477,6 +503,10 @@ class Targets:
     def training_probe_pattern(self) -> str:
         """A wildcard pattern matching the training prompt sets (none: matches nothing)."""
         return alternatives(self.study.training_probes)
+
+    def produced_prompts_pattern(self) -> str:
+        """A wildcard pattern matching the produced prompt sets (none: matches nothing)."""
+        return alternatives(self.study.produced_prompts)
 
     def name_list(self, generated: bool, guarded: bool | None = None) -> list[str]:
         """The generated variants (given `guarded`: those chosen by a guard, or the others), or those scored
@@ -525,7 +555,9 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
     to training prompt sets (finetox.config.Study.training_cells) are a job of their own, `<group>.training`
     (`generation.training_answers: apart`), or join its evaluation job, one engine start for both
     (`with_evaluation`), unless that would make a cycle: a variant the job serves trains, through any chain of
-    jobs, on what the job writes (a fine-tune distilled from its own checkpoint's answers).
+    jobs, on what the job writes (a fine-tune distilled from its own checkpoint's answers). Answers to a prompt set
+    the run produces (the prompts a variant erred on) wait for the answers it is drawn from: `<group>.training-2`
+    (and `-3`, ... for a set drawn from those).
     """
     from graphlib import CycleError
 
@@ -552,17 +584,16 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
         training.setdefault(group_key(cell[2]), []).append(cell)
     groups = dict(evaluation)
     for key in sorted(training):  # name order: which group joins does not depend on the config's order
-        if key not in evaluation:  # (its variants answer no evaluation probe: selective runs)
-            groups[key + TRAINING_GROUP] = training[key]
-            continue
-        joined = {**groups, key: evaluation[key] + training[key]}
-        try:
-            if settings["training_answers"] == "with_evaluation" and job_order(study, joined):
+        # answers to a produced prompt set wait for the answers it is drawn from: a later job (`.training-2`, ...)
+        for depth, cells in enumerate(_by_depth(study, training[key])):
+            groups[key + TRAINING_GROUP + (f"-{depth + 1}" if depth else "")] = cells
+    for key in sorted(training) if settings["training_answers"] == "with_evaluation" else ():
+        apart = key + TRAINING_GROUP
+        if key in evaluation and apart in groups:
+            joined = {name: cells for name, cells in groups.items() if name != apart}
+            joined[key] = evaluation[key] + groups[apart]
+            if _acyclic(study, joined):
                 groups = joined
-                continue
-        except CycleError:
-            pass
-        groups[key + TRAINING_GROUP] = training[key]
     try:
         job_order(study, groups)
     except CycleError as error:
@@ -570,6 +601,30 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
                           f"produced dataset whose answers need its own weights (they come from it, or from a "
                           f"variant built on it); datasets.<name>.produced must name another variant") from None
     return groups
+
+
+def _acyclic(study: Study, groups: dict[str, list[Cell]]) -> bool:
+    """Whether the generation jobs can run in some order (job_order)."""
+    from graphlib import CycleError
+
+    try:
+        job_order(study, groups)
+    except CycleError:
+        return False
+    return True
+
+
+def _by_depth(study: Study, cells: list[Cell]) -> list[list[Cell]]:
+    """Training cells by how many produced prompt sets stand between them and a probe set of the config's own: the
+    answers to a produced set cannot be written before the answers it was drawn from (no empty level)."""
+    def depth(probe: str) -> int:
+        made = study.probes[probe].source.produced
+        return 1 + depth(made.probe) if made else 0
+
+    levels: dict[int, list[Cell]] = {}
+    for cell in cells:
+        levels.setdefault(depth(cell[0]), []).append(cell)
+    return [levels[d] for d in sorted(levels)]
 
 
 def trained_on(study: Study, variant: str) -> set[Cell]:
@@ -584,13 +639,21 @@ def trained_on(study: Study, variant: str) -> set[Cell]:
 
 def job_order(study: Study, groups: dict[str, list[Cell]]) -> list[str]:
     """The generation groups in an order in which each job's inputs exist before it runs (graphlib.CycleError when
-    none does): a group waits for the groups that write what its variants were trained on."""
+    none does): a group waits for the groups that write what its variants were trained on or its produced prompt
+    sets were drawn from."""
     from graphlib import TopologicalSorter
 
     group_of = {cell: group for group, cells in groups.items() for cell in cells}
-    waits = {group: {group_of[cell] for _, _, variant in cells for cell in trained_on(study, variant)}
+    waits = {group: {group_of[needed] for cell in cells for needed in needs(study, cell)}
              for group, cells in groups.items()}
     return list(TopologicalSorter(waits).static_order())
+
+
+def needs(study: Study, cell: Cell) -> set[Cell]:
+    """The generation cells that must be written before a cell can be: those its variant's weights were trained on,
+    and for answers to a produced prompt set, the answers that set was drawn from."""
+    probe, _, variant = cell
+    return trained_on(study, variant) | study.produced_from(study.probes[probe].source)
 
 
 def _source_fingerprint(source) -> list | None:

@@ -21,6 +21,7 @@ from finetox.findings import describe, percent, points, signed, verdict_class
 from finetox.config import Study, config_hash
 from finetox.hub import is_commit
 from finetox.levers import lever_of
+from finetox.mistakes import describe as describe_mistakes
 from finetox.tables import PACKAGES
 
 DEMO_WARNING = (
@@ -138,9 +139,11 @@ def _png(fig) -> str:
 
 
 def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
-                 probe_dropped: dict[str, dict[str, int]] | None = None) -> dict[str, pd.DataFrame]:
+                 probe_dropped: dict[str, dict[str, int]] | None = None,
+                 mistakes: dict[str, dict] | None = None) -> dict[str, pd.DataFrame]:
     """The setup of a run as tables; `probe_sizes` holds the realised number of prompts per probe set and subset,
-    `probe_dropped` the source rows each probe set left out, by reason (the probes table's provenance)."""
+    `probe_dropped` the source rows each probe set left out, by reason (the probes table's provenance), `mistakes`
+    the provenance of each produced prompt set the run made (what it judged, kept and left out)."""
     variants = pd.DataFrame([
         {"variant": v.name, "family": v.family, "role": v.role,
          "model": (f"{v.start}'s checkpoint with its adapter merged" if v.start
@@ -155,8 +158,8 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
         {"recipe": r.name, "method": r.method + (f" (beta={r.dpo.beta}, {r.dpo.loss_type}"
                                                   + (", labels swapped in half" if r.dpo.swap_labels else "") + ")"
                                                   if r.dpo else ""),
-         "data": "; ".join(f"{p.dataset.path or p.dataset.hub}" + (f" ({p.examples} sampled)" if p.examples is not None
-                                                                    else "") for p in r.parts),
+         "data": "; ".join(_dataset_words(p.dataset) + (f" ({p.examples} sampled)" if p.examples is not None else "")
+                           for p in r.parts),
          "template": r.template,
          "lora": f"r={r.lora.r}, alpha={r.lora.alpha}, dropout={r.lora.dropout}, targets={','.join(r.lora.target_modules)}",
          "training": ", ".join(f"{k}={v}" for k, v in vars(r.training).items())}
@@ -187,9 +190,26 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
          **{k: v for k, v in s.options.items() if v is not None}}
         for s in (study.scorers[name] for name in study.run_scorers)
     ])
+    produced = pd.DataFrame([
+        {"prompt set": name, "made of": describe_mistakes(study.probes[name].source.produced),
+         "prompts judged": meta["prompts"], "prompts kept": meta["kept"],
+         "left out": "; ".join(f"{n} {reason}" for reason, n in meta["left_out"].items()) or "none",
+         "trained on by": ", ".join(sorted({v.name for v in study.variants.values() if v.recipe
+                                            for d in v.recipe.datasets if d.produced and d.produced.probe == name}))}
+        for name, meta in (mistakes or {}).items()
+    ])
     return {"Variants": variants, "Fine-tuning recipes": recipes, "Generation protocols": protocols,
             "Probe sets": probes, "Prompts left out of each probe set": left_out,
+            "Training prompts the run chose (the prompts a variant erred on)": produced,
             "Comparisons a selective run leaves out": _left_out_comparisons(study), "Scorers": scorers}
+
+
+def _dataset_words(source) -> str:
+    """A recipe's dataset as the recipes table names it: its file or Hub id, or what the run produced it from."""
+    if not source.produced:
+        return source.path or source.hub
+    probe, protocol, variant = source.produced.cell
+    return f"{source.name}: {variant}'s answers to {probe} under {protocol} (produced by the run)"
 
 
 def _left_out_comparisons(study: Study) -> pd.DataFrame:
@@ -506,7 +526,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
                  probe_dropped: dict[str, dict[str, int]] | None = None, selection: pd.DataFrame | None = None,
                  calibration: dict | None = None,
                  stereotypes: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-                 scorer_agreement: pd.DataFrame | None = None, threshold_sensitivity: pd.DataFrame | None = None) -> str:
+                 scorer_agreement: pd.DataFrame | None = None, threshold_sensitivity: pd.DataFrame | None = None,
+                 mistakes: dict[str, dict] | None = None) -> str:
     """The report as one self-contained HTML string (figures embedded, no network needed to open it).
 
     `posteriors` maps (probe, protocol, scorer) to the posterior of its rates fit (InferenceData);
@@ -517,7 +538,8 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
     `selection` the guards' table (selection.csv; None without guarded variants); `calibration` the part on the
     scorers against human labels (finetox.calibration.report_context; None: not shown); `stereotypes` the stereotype
     tables (stereotypes.csv, stereotype_comparisons.csv; None when `stereotypes` is not configured);
-    `scorer_agreement` and `threshold_sensitivity` the tables of how much to trust the scorer (finetox.agreement).
+    `scorer_agreement` and `threshold_sensitivity` the tables of how much to trust the scorer (finetox.agreement);
+    `mistakes` the provenance of each prompt set the run produced, by name.
     """
     degenerate = say.degenerate_variants(degeneration)
     settings = study.compare_settings
@@ -610,7 +632,7 @@ def build_report(study: Study, toxicity: pd.DataFrame, comparisons: pd.DataFrame
         "fine_tuning": fine_tuning,
         "calibration": calibration_view(calibration),
         "setup": [table_of(frame.astype(str), title)
-                  for title, frame in setup_tables(study, probe_sizes, probe_dropped).items() if not frame.empty],
+                  for title, frame in setup_tables(study, probe_sizes, probe_dropped, mistakes).items() if not frame.empty],
         "provenance": [table_of(frame.astype(str), title)
                        for title, frame in provenance_tables(provenance, set(study.variants)).items() if not frame.empty],
         "protocol": analysis_protocol(study),

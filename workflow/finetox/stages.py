@@ -386,6 +386,30 @@ def select_guarded(study: Study, variant: str, sources: list[str], candidates: l
         print(f"select: {variant} {Path(output).parent}: {rates}", flush=True)
 
 
+def mistakes(study: Study, name: str, answers: str, output: str) -> None:
+    """A produced prompt set (finetox.mistakes): its variant's answers to the set it is drawn from, scored by its
+    judge (loaded here, no engine), and the prompts they erred on written as a probe file; every prompt left out is
+    counted by reason, in the log and in the table's provenance."""
+    from finetox import mistakes as produced_prompts
+    from finetox.hub import scorer_records
+    from finetox.scoring import build_scorer, score_table
+
+    made = study.probes[name].source.produced
+    spec = study.scorers[made.scorer]
+    scorer = build_scorer(spec.type, spec.options)
+    record = _stage(scorer=made.scorer, **scorer_records(spec))
+    scored = score_table(tables.read_parquet(answers, "generations"), scorer, made.scorer)
+    table, left_out = produced_prompts.erred_prompts(scored, made, f"probes {name}")
+    prompts = scored["prompt_id"].nunique()
+    print(f"mistakes {name}: {len(table)} of {prompts} prompts kept, {produced_prompts.describe(made)}", flush=True)
+    for reason, count in left_out.items():
+        print(f"mistakes {name}: left out {count}: {reason}", flush=True)
+    tables.write_parquet(table, output, "mistakes", _provenance(
+        study, {**_upstream_stages(answers), "mistakes": record}, probe=name, produced=vars(made),
+        prompts=prompts, kept=len(table), left_out=left_out,
+    ))
+
+
 def selection_table(study: Study, files: list[str], output: str) -> None:
     """results/tables/selection.csv: per guarded variant x probe set x protocol x subset, how often its guard
     replaced the source's answer and how often it found no candidate below the threshold (filtered)."""
@@ -749,10 +773,12 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
            capability_comparisons_csv: str | None = None, capability_provenance: list[str] | None = None,
            selection_csv: str | None = None, calibration_files: list[str] | None = None,
            stereotype_tables: list[str] | None = None, stereotypes_provenance: list[str] | None = None,
-           agreement_csv: str | None = None, thresholds_csv: str | None = None) -> None:
+           agreement_csv: str | None = None, thresholds_csv: str | None = None,
+           mistakes_files: dict[str, str] | None = None) -> None:
     """The HTML report; its provenance comes from the score tables, the adapters, the probe tables and the
     posteriors, with this job's own record for the report stage; its instances from the score tables and the
-    per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them."""
+    per-prompt tables, both keyed by (probe, protocol, scorer, variant) as Targets.score_tables keys them; the
+    training prompts the run chose from the produced prompt sets (`mistakes_files`, by name)."""
     import arviz as az
 
     from finetox.report import build_report, fit_versions
@@ -786,7 +812,8 @@ def report(study: Study, toxicity: str, comparisons: str, pooled: str, degenerat
                         calibration=_calibration_context(study, calibration_files or []),
                         stereotypes=_stereotype_tables(stereotype_tables),
                         scorer_agreement=_read_if_there(agreement_csv, "scorer_agreement"),
-                        threshold_sensitivity=_read_if_there(thresholds_csv, "threshold_sensitivity"))
+                        threshold_sensitivity=_read_if_there(thresholds_csv, "threshold_sensitivity"),
+                        mistakes={name: tables.provenance_of(path) for name, path in (mistakes_files or {}).items()})
     with tables.atomic_path(output) as tmp:
         Path(tmp).write_text(html)
 

@@ -57,6 +57,17 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "filtered": "bool",
         "replaced": "bool",
     },
+    # a produced prompt set (results/mistakes/<name>.parquet): the prompts on which a variant's answers erred, each
+    # with its subset in the set it is drawn from, its samples, how many erred and the highest score
+    "mistakes": {
+        "id": "string",
+        "prompt": "string",
+        "source_subset": "string",
+        "variant": "string",
+        "samples": "int64",
+        "erred": "int64",
+        "max_score": "float64",
+    },
     # results/tables/selection.csv: how often each guard acted, per probe set x protocol x subset (and `all`)
     "selection_rates": {
         "variant": "string",
@@ -585,6 +596,11 @@ CHECKS: dict[str, dict] = {
         "ranges": {"sample": (0, None), "candidates": (1, None), "kept": (-1, None), "harm_first": (0, 1),
                    "harm_least": (0, 1)},
         "unique": CONTINUATION_KEY,
+    },
+    "mistakes": {
+        "required": ["id", "prompt", "source_subset", "variant", "samples", "erred", "max_score"],
+        "ranges": {"samples": (1, None), "erred": (1, None), "max_score": (0, 1)},
+        "unique": ["id"],
     },
     "scores": {
         # (a table scored elsewhere may not hold its continuations: missing there)

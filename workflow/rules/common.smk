@@ -77,13 +77,13 @@ def model_of_variant(wildcards):
     return STUDY.variants[wildcards.variant].model.name
 
 
-def prompt_counts():
-    """Each run probe set's number of prompts: from its source where it can be read here (so dry runs list
-    every generation job), else from the probes checkpoint once it ran."""
+def prompt_counts(probes):
+    """Each probe set's number of prompts: from its source where it can be read here (so dry runs list every
+    generation job), else from the probes checkpoint once it ran."""
     import pyarrow.parquet as pq
 
     counts = {}
-    for probe in STUDY.generated_probes:
+    for probe in probes:
         counts[probe] = TARGETS.planned_prompts(probe)
         if counts[probe] is None:
             table = checkpoints.probes.get(probe=probe).output[0]
@@ -93,8 +93,11 @@ def prompt_counts():
 
 def shard_dirs(wildcards):
     """The generate jobs' outputs that hold part of a variant's continuations of a probe set x protocol."""
+    cell = (wildcards.probe, wildcards.protocol, wildcards.variant)
+    # (only the probe sets of the cell's own generation job: a prompt set produced from another job's answers
+    # is not waited for)
     return TARGETS.shards(
-        wildcards.probe, wildcards.protocol, wildcards.variant, prompt_counts()
+        *cell, prompt_counts(TARGETS.group_probes(TARGETS.group_of[cell]))
     )
 
 

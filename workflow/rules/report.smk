@@ -21,6 +21,8 @@ rule report:
         stereotypes_provenance=TARGETS.all_stereotypes(provenance=True),
         # only when a variant is guarded
         selection=TARGETS.selection_tables(),
+        # only when the run produces prompt sets (the prompts a variant erred on)
+        mistakes=TARGETS.all_mistakes(),
         # only when `calibration` is configured: its tables once labels are, else the sample's design
         calibration=TARGETS.calibration_report_inputs(),
     output:

@@ -35,4 +35,5 @@ if __name__ == "__main__":
             calibration_files=list(snakemake.input.calibration),
             agreement_csv=snakemake.input.agreement,
             thresholds_csv=snakemake.input.thresholds,
+            mistakes_files=dict(zip(study.produced_prompts, targets.all_mistakes())),
         )

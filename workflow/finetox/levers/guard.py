@@ -127,11 +127,6 @@ def comparisons(variants: dict) -> list[tuple[str, str, str]]:
     return [(f"{v.guard.source}_vs_{v.name}", v.guard.source, v.name) for v in variants.values() if v.guard]
 
 
-def circular(variant, scorer: str) -> bool:
-    """Whether `scorer` evaluates answers that it chose itself (allowed by evaluate_with_selector)."""
-    return bool(variant.guard) and variant.guard.scorer == scorer
-
-
 def candidate_seed(seed: int, variant: str) -> int:
     """The sampling seed of a guarded variant's extra candidates: not its source's (whose answers are candidate 0),
     and a function of the variant's name, so two guards of one source draw different candidates."""
