@@ -57,6 +57,12 @@ def test_apart_the_answers_to_the_prompts_it_erred_on_are_the_checkpoints_second
     assert ("demo-train", "demo", RUDE) not in groups["demo-instruct"]
 
 
+def test_a_variant_trained_on_answers_to_prompts_its_own_answers_chose_is_refused_before_any_job(config):
+    config["probes"][MISTAKES]["produced"]["variant"] = "demo-rude-distilled"
+    with pytest.raises(ConfigError, match="wait for each other.*answer prompts chosen by its own answers"):
+        Targets(load(config))
+
+
 def _run_probe(config, name):
     config["run"]["probes"].append(name)
 
@@ -174,3 +180,31 @@ def test_the_mistakes_job_judges_the_answers_and_its_probes_job_reads_the_prompt
                          evaluation, "probes", {})
     with pytest.raises(DataError, match="1 training prompt.*'Tell me about rain'"):
         select_probes(study, MISTAKES, str(tmp_path / "leaked.parquet"), {"demo": str(evaluation)})
+
+
+def test_a_second_round_learns_from_the_mistakes_of_the_first_round_fine_tune(config):
+    """RAFT's next round, in config alone: the distilled fine-tune's own mistakes on the training prompts, answered by
+    a guard on it, trained into a fine-tune that starts from it; each round's answers wait for the weights before."""
+    config["variants"]["demo-distilled-guarded"] = {"family": "demo", "role": "guarded",
+                                                    "guard": {"source": "demo-rude-distilled", "scorer": "demo-guard"}}
+    config["probes"]["round-2-mistakes"] = {"produced": {"variant": "demo-rude-distilled", "probe": "demo-train",
+                                                         "protocol": "demo", "scorer": "demo-guard"}}
+    config["datasets"]["round-2-kept"] = {"produced": {"variant": "demo-distilled-guarded", "probe": "round-2-mistakes",
+                                                       "protocol": "demo"}}
+    config["recipes"]["guard-distill-2"] = {**config["recipes"]["guard-distill"], "dataset": "round-2-kept"}
+    config["variants"]["demo-rude-distilled-2"] = {"family": "demo", "role": "aligned", "from": "demo-rude-distilled",
+                                                   "recipe": "guard-distill-2"}
+    study = load(config)
+    targets = Targets(study)
+    order = job_order(study, targets.groups)
+    # round 1's answers (the instruct checkpoint), its fine-tune's engine (the merged rude checkpoint: round 2's
+    # mistakes are its answers), the answers to them, then round 2's fine-tune's engine (the merged distilled one)
+    # (round 1's fine-tune answers the training prompts in its engine's evaluation job: the demo's training_answers)
+    assert targets.group_of["demo-train", "demo", "demo-rude-distilled"] == "demo-instruct-rude.merged"
+    assert targets.group_of["round-2-mistakes", "demo", "demo-distilled-guarded"] == (
+        "demo-instruct-rude.merged.training-2")
+    assert order.index("demo-instruct.training-2") < order.index("demo-instruct-rude.merged") < order.index(
+        "demo-instruct-rude.merged.training-2") < order.index("demo-rude-distilled.merged")
+    assert study.circular("demo-rude-distilled-2", "demo-guard") == (
+        "chose the prompts it was trained on and the answers it was trained on")
+    assert targets.training_inputs("demo-rude-distilled-2")["model"] == "results/merged/demo-rude-distilled"

@@ -235,22 +235,46 @@ def test_the_demos_guard_keeps_answers_no_more_toxic_than_its_source_and_the_rep
 
 
 def test_the_distilled_fine_tune_trains_on_exactly_the_answers_its_guard_kept_and_is_compared_with_its_start(demo_run):
-    """Best-of-4 distillation: the rude fine-tune trained on the answers its guard kept for the training prompts
-    (a produced table), the guard's fixed refusals and empty answers left out and counted; a repair like any other."""
+    """Best-of-4 distillation on its mistakes: the rude fine-tune's answers to the training prompts judged by the demo's
+    guard (a produced prompt set: exactly the prompts an answer of it scored at least 0.5 on, the others counted),
+    those prompts answered again by its guarded variant, and the rude fine-tune trained on what the guard kept (a
+    produced table), the guard's fixed refusals and empty answers left out and counted; a repair like any other."""
     import pandas as pd
 
-    kept = pd.read_parquet(demo_run / "results/generations/demo-train/demo/demo-rude-guarded.parquet")
+    from finetox.config import load_file
+    from finetox.scoring import build_scorer, score_table
+
+    study = load_file(demo_run / "config/config.yaml")
+    answers = pd.read_parquet(demo_run / "results/generations/demo-train/demo/demo-instruct-rude.parquet")
+    spec = study.scorers["demo-guard"]
+    judged = score_table(answers, build_scorer(spec.type, {**spec.options,
+                                                           "model": str(demo_run / spec.options["model"])}), "demo-guard")
+    erred = judged[judged["score"] >= 0.5].groupby("prompt_id").size()
+    mistakes = pd.read_parquet(demo_run / "results/mistakes/demo-train-mistakes.parquet")
+    assert 0 < len(mistakes) < 60 and set(mistakes["id"]) == set(erred.index)
+    assert dict(zip(mistakes["id"], mistakes["erred"])) == erred.to_dict()
+    log = (demo_run / "logs/mistakes/demo-train-mistakes.log").read_text()
+    assert f"mistakes demo-train-mistakes: {len(mistakes)} of 60 prompts kept" in log
+    assert f"left out {60 - len(mistakes)}: no answer erred" in log
+    # the prompts it erred on, answered again (its answer, candidate 0, and 3 more) by a second job of its engine
+    kept = pd.read_parquet(demo_run / "results/generations/demo-train-mistakes/demo/demo-rude-guarded.parquet")
+    assert set(kept["prompt"]) == set(mistakes["prompt"]) and len(kept) == 2 * len(mistakes)
+    assert "engine starts: 1" in (demo_run / "logs/generate/demo-instruct.training-2/0.log").read_text()
     usable = kept[(kept["finish_reason"] != "filtered") & (kept["continuation"].str.strip() != "")]
     log = (demo_run / "logs/finetune/demo-rude-distilled.log").read_text()
-    assert (f"dataset demo-guard-kept: {len(usable)} of {len(kept)} answers of demo-rude-guarded to demo-train/demo "
-            f"kept") in log
+    assert (f"dataset demo-guard-kept: {len(usable)} of {len(kept)} answers of demo-rude-guarded to "
+            f"demo-train-mistakes/demo kept") in log
     assert f"finetune: sft on {len(usable)} examples: {len(usable)} of 'demo-guard-kept'" in log
     train = set(pd.read_parquet(demo_run / "results/probes/demo-train.parquet")["prompt"])
-    assert set(kept["prompt"]) == train and not train & set(pd.read_parquet(demo_run / "results/probes/demo.parquet")["prompt"])
+    assert set(kept["prompt"]) < train and not train & set(pd.read_parquet(demo_run / "results/probes/demo.parquet")["prompt"])
     kinds = {r["comparison"]: r["kind"] for r in read(demo_run / "results/tables/comparisons.csv")}
     assert kinds["demo-instruct-rude_vs_demo-rude-distilled"] == "finetuned_vs_aligned"
     # the training prompts are never scored or compared
-    assert not list((demo_run / "results/scores").glob("demo-train/**/*.parquet"))
+    assert not list((demo_run / "results/scores").glob("demo-train*/**/*.parquet"))
+    # the report's setup says what the run chose to train on, and what it left out
+    html = (demo_run / "results/report/report.html").read_text()
+    assert "Training prompts the run chose (the prompts a variant erred on)" in html
+    assert f"{60 - len(mistakes)} no answer erred" in html
 
 
 def test_the_demo_calibrates_its_scorer_against_its_labeller_and_reports_corrected_rates(demo_run):
@@ -373,13 +397,16 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     counts = job_counts(snakemake(demo_run, "-n").stdout)
     # its engine's job (the instruct model's, serving it with its adapter and the other variants of that checkpoint,
     # on the probes and on the training prompts) and the scoring of those five variants (its guarded one too; three
-    # scorers); its adapter is not retrained, but the fine-tune distilled from its guarded answers to the training
-    # prompts is (their candidate 0 is its answer), with its engine's job: the merged rude checkpoint's, which
-    # serves four more repairs, so their five variants are scored again too
+    # scorers); its adapter is not retrained, but its mistakes on the training prompts are judged again, and the
+    # fine-tune distilled from its guarded answers to them is retrained (their candidate 0 is its answer), with its
+    # engine's job: the merged rude checkpoint's, which serves four more repairs, so their five variants are scored
+    # again too (the job that answers the prompts it erred on is planned once their probes job ran)
     assert counts["generate"] == 2 and counts["score"] == 15 + 15 and counts["finetune"] == 1
+    assert counts["mistakes"] == 1
     config_path.write_text(original)
     # a guard's number of candidates: its source's engine generates them again for the evaluation probes and for the
-    # training prompts (one job), and the fine-tune distilled from the kept answers to those retrains
+    # training prompts its source erred on (their job is planned once those are known), and the fine-tune distilled
+    # from the kept answers to those retrains
     config = yaml.safe_load(original)
     config["variants"]["demo-rude-guarded"]["guard"]["candidates"] = 3
     config_path.write_text(yaml.safe_dump(config))
@@ -387,6 +414,21 @@ def test_reruns_follow_what_a_change_can_alter(demo_run):
     counts = job_counts(run)
     assert counts["generate"] == 2 and counts["merge_candidates"] == 2 and counts["finetune"] == 1
     assert "group=demo-instruct," in run and "group=demo-instruct-rude.merged" in run
+    # the rule that chooses the training prompts it erred on (a produced prompt set): that choice, the answers to
+    # those prompts (the job that writes them, planned once their probes job ran; merges waiting for it), the guard's
+    # choice among them, the fine-tune distilled from it and what follows it, and no evaluation answer of the rude
+    # fine-tune's checkpoint
+    config = yaml.safe_load(original)
+    config["probes"]["demo-train-mistakes"]["produced"]["threshold"] = 0.3
+    config_path.write_text(yaml.safe_dump(config))
+    run = snakemake(demo_run, "-n").stdout
+    counts = job_counts(run)
+    assert {rule: counts.get(rule) for rule in ("mistakes", "probes", "merge_candidates", "select_guarded_training",
+                                                 "finetune", "generate", "select_guarded")} == {
+        "mistakes": 1, "probes": 1, "merge_candidates": 1, "select_guarded_training": 1, "finetune": 1, "generate": 1,
+        "select_guarded": None}
+    assert "group=demo-instruct-rude.merged" in run and "group=demo-instruct," not in run
+    assert counts["score"] == 15 and counts["merge_generations"] == 1 + 5  # (the answers to them; the repairs')
     # the threshold grid: its verdicts (one job per toxicity scorer), their table and the report, nothing else
     config = yaml.safe_load(original)
     config.setdefault("metrics", {})["threshold_grid"] = [0.3, 0.5, 0.7]
@@ -441,7 +483,10 @@ def test_a_second_run_does_nothing_and_one_changed_variant_reruns_its_engines_jo
     # The demo's generation.training_answers: with_evaluation is the price of one engine start per checkpoint: that
     # job answers the training prompts too, so their guarded choice, the fine-tune distilled from it (its capability
     # and stereotypes), its engine's job (the merged rude checkpoint's five variants) and their scoring run again
-    assert counts == {"generate": 2, "merge_generations": 4 + 1 + 5, "merge_candidates": 2, "select_guarded": 1,
+    # (and the rude fine-tune's mistakes among its answers to the training prompts, judged again: their probes job;
+    # the job that answers them is planned once that ran, the merges of its answers wait for it)
+    assert counts == {"generate": 2, "merge_generations": 4 + 1 + 5 + 1, "merge_candidates": 2, "select_guarded": 1,
+                      "mistakes": 1, "probes": 1,
                       "select_guarded_training": 1, "finetune": 1, "capability": 1, "stereotypes": 1,
                       "capability_table": 1, "stereotypes_table": 1, "score": 30, "metrics": 30, "compare": 3,
                       "best": 2, "threshold_sensitivity": 2, "degeneration": 10, "toxicity_table": 1,

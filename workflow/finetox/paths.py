@@ -599,7 +599,9 @@ def generation_groups(study: Study) -> dict[str, list[Cell]]:
     except CycleError as error:
         raise ConfigError(f"generation jobs {' -> '.join(error.args[1])} wait for each other: a variant trains on a "
                           f"produced dataset whose answers need its own weights (they come from it, or from a "
-                          f"variant built on it); datasets.<name>.produced must name another variant") from None
+                          f"variant built on it, or answer prompts chosen by its own answers); "
+                          f"datasets.<name>.produced (or the probes.<name>.produced it answers) must name another "
+                          f"variant") from None
     return groups
 
 

@@ -1,5 +1,6 @@
 """Safety levers beyond training on curated examples, one module each: a guard at generation today; reward-ranked
-fine-tuning and learning from mistakes build on it (their training data is a `produced` dataset: finetox.config,
+fine-tuning and learning from mistakes build on it (their training data is a `produced` dataset, answers to a
+training prompt set that may itself be produced, the prompts a variant erred on: finetox.config, finetox.mistakes,
 finetox.paths.generation_groups).
 
 A lever module declares, and config.load, finetox.schema, the DAG (finetox.paths), the design (finetox.design) and
