@@ -208,3 +208,12 @@ def test_a_second_round_learns_from_the_mistakes_of_the_first_round_fine_tune(co
     assert study.circular("demo-rude-distilled-2", "demo-guard") == (
         "chose the prompts it was trained on and the answers it was trained on")
     assert targets.training_inputs("demo-rude-distilled-2")["model"] == "results/merged/demo-rude-distilled"
+
+
+def test_a_produced_prompt_set_nothing_answers_is_not_made_nor_checked(config):
+    # (as a produced dataset no recipe trains on: a config cut down to some variants still loads)
+    del config["variants"]["demo-rude-distilled"]
+    config["probes"][MISTAKES]["produced"]["variant"] = "no-longer-declared"
+    study = load(config)
+    assert study.produced_prompts == () and MISTAKES not in study.training_probes
+    assert "mistakes" not in " ".join(Targets(study).final())

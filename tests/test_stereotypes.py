@@ -397,7 +397,7 @@ def test_without_stereotypes_the_stage_does_not_run(config):
     (lambda s: s.update(pairs=0), "stereotypes']['pairs']"),
     (lambda s: s.update(unknown=1), "unknown"),
     (lambda s: s.pop("path") and s.update(produced={"variant": "demo-base", "probe": "demo", "protocol": "demo"}),
-     "stereotypes.produced: only a dataset can be produced"),
+     "stereotypes.produced: only a dataset or a probe set can be produced"),
     (lambda s: s.update(path="nowhere.jsonl"), "stereotypes.path: 'nowhere.jsonl' does not exist"),
 ])
 def test_the_stereotypes_block_is_checked(config, change, error):

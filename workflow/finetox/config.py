@@ -731,10 +731,15 @@ def _scorer(name: str, s: dict) -> ScorerSpec:
         if key in s and s["type"] not in only:
             raise ConfigError(f"{where}.{key}: only a scorer of type {' or '.join(only)} takes it, this one is "
                               f"{s['type']}")
-    measures = {"refusal": "refusal", "reward-model": "reward"}.get(s["type"], s.get("measures", "toxicity"))
-    return ScorerSpec(name=name, type=s["type"], measures=measures, languages=_scorer_languages(name, s),
+    return ScorerSpec(name=name, type=s["type"], measures=_measures(s), languages=_scorer_languages(name, s),
                       probes=tuple(s["probes"]) if "probes" in s else None,
                       options={k: v for k, v in s.items() if k not in ("type", *UNDIGESTED["scorers"])})
+
+
+def _measures(s: dict) -> str:
+    """What a scorer's score measures: refusal (a refusal scorer), reward (a reward model), else its `measures`
+    (an hf-classifier's), toxicity by default."""
+    return {"refusal": "refusal", "reward-model": "reward"}.get(s["type"], s.get("measures", "toxicity"))
 
 
 def _scorer_languages(name: str, s: dict) -> tuple[str, ...] | None:
@@ -809,9 +814,7 @@ def _check_produced(block: str, name: str, produced: Produced, raw: dict) -> Non
     if raw["probes"][name]["columns"]:
         raise ConfigError(f"{where}: a produced prompt set's table has finetox's own columns (id, prompt, "
                           f"source_subset, samples, erred, max_score); give no `columns`")
-    scorer = raw["scorers"][produced.scorer]
-    measures = {"refusal": "refusal", "reward-model": "reward"}.get(scorer["type"], scorer.get("measures", "toxicity"))
-    if measures == "reward":
+    if _measures(raw["scorers"][produced.scorer]) == "reward":
         raise ConfigError(f"{where}.scorer: {produced.scorer!r} is a reward model; an answer errs when a toxicity or "
                           f"refusal scorer scores it at or above the threshold")
     samples = raw["protocols"][produced.protocol]["samples"]
@@ -843,11 +846,13 @@ def _check_capability(settings: dict, datasets: dict[str, TableSource], variants
 
 
 def _language(name: str, entry: dict, raw: dict) -> str:
-    """A probe set's language: declared, else en; a produced prompt set's is that of the set it is drawn from."""
+    """A probe set's language: declared, else en; a produced prompt set's is that of the set it is drawn from (a
+    probe set of the config's own: _check_produced)."""
     produced = entry.get("produced")
-    if not produced:
+    parent = raw["probes"].get(produced["probe"]) if produced else None
+    if not parent or "produced" in parent:  # (an unused produced set is not checked: _check_produced)
         return entry.get("language", DEFAULT_LANGUAGE)
-    language = _language(produced["probe"], raw["probes"][produced["probe"]], raw)
+    language = parent.get("language", DEFAULT_LANGUAGE)
     if entry.get("language", language).lower() != language.lower():
         raise ConfigError(f"probes[{name!r}].language: {entry['language']!r}, but its prompts are drawn from "
                           f"{produced['probe']!r}, written in {language!r}; leave `language` out")
@@ -989,6 +994,9 @@ def load(config: dict) -> Study:
         )
     variants = _resolve_starts(variants)
     probes = {}
+    # (like a produced dataset, a produced prompt set is checked where it is used: answered for a recipe's dataset, or
+    # listed in run.probes, where it is refused)
+    answered = {d.produced.probe for v in variants.values() if v.recipe for d in v.recipe.datasets if d.produced}
     for name, p in raw["probes"].items():
         subsets = {
             sub: tuple(Filter(**f) for f in filters) for sub, filters in (p.get("subsets") or {}).items()
@@ -996,7 +1004,7 @@ def load(config: dict) -> Study:
         if "all" in subsets:
             raise ConfigError(f"probes[{name!r}].subsets: 'all' is reserved for the pooled subset")
         source = _table_source(name, p)
-        if source.produced:
+        if source.produced and (name in answered or name in raw["run"]["probes"]):
             _check_produced("probes", name, source.produced, raw)
         probes[name] = ProbeSet(
             source=source,
