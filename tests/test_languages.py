@@ -119,8 +119,10 @@ def test_the_report_setup_shows_each_probe_sets_language_and_each_scorers_langua
     assert scorers.loc["xlmr-toxicity", "languages"] == "en, ru, uk, de, es, am, zh, ar, hi"
     demo = load(yaml.safe_load((REPO / "config/config.yaml").read_text()))
     demo = demo.__class__(**{**vars(demo), "run_scorers": ("profanity", "demo-guard")})
-    shown = setup_tables(demo, {"demo": {"all": 5}})["Scorers"].set_index("scorer")["languages"].to_dict()
-    assert shown == {"profanity": "en", "demo-guard": "any (not restricted)"}
+    shown = setup_tables(demo, {"demo": {"all": 5}})["Scorers"].set_index("scorer")
+    assert shown["languages"].to_dict() == {"profanity": "en", "demo-guard": "any (not restricted)"}
+    # an option one scorer type has and the other lacks is blank, not "nan"
+    assert shown.loc["profanity", "model"] == "" and shown.loc["demo-guard", "model"] == "results/demo/models/guard"
 
 
 def test_the_multilingual_config_probes_the_community_fine_tunes_in_their_languages_and_refuses_detoxify():

@@ -189,7 +189,7 @@ def setup_tables(study: Study, probe_sizes: dict[str, dict[str, int]],
          "scores": ", ".join(s.probes) if s.probes else "every probe set",
          **{k: v for k, v in s.options.items() if v is not None}}
         for s in (study.scorers[name] for name in study.run_scorers)
-    ])
+    ]).fillna("")  # (an option another scorer type has: blank, not "nan")
     produced = pd.DataFrame([
         {"prompt set": name, "made of": describe_mistakes(study.probes[name].source.produced),
          "prompts judged": meta["prompts"], "prompts kept": meta["kept"],
