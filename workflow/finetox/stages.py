@@ -331,17 +331,25 @@ def _shards_stages(per_shard: list[dict]) -> dict:
     return merged
 
 
+def _load_scorer(study: Study, name: str):
+    """A scorer loaded once for a job, and its stage record: taken once it is loaded, so that the record names what
+    the cache then holds (resolved Hub commits)."""
+    from finetox.hub import scorer_records
+    from finetox.scoring import build_scorer
+
+    spec = study.scorers[name]
+    scorer = build_scorer(spec.type, spec.options)
+    return scorer, _stage(scorer=name, **scorer_records(spec))
+
+
 def score(study: Study, scorer_name: str, generations: list[str], outputs: list[str]) -> None:
     """Score tables of continuations (`generations[i]` -> `outputs[i]`) by one scorer, loaded once for all."""
-    from finetox.hub import scorer_records
-    from finetox.scoring import build_scorer, score_table
+    from finetox.scoring import score_table
 
     if len(generations) != len(outputs):
         raise ValueError(f"{len(generations)} generation tables for {len(outputs)} score tables")
     spec = study.scorers[scorer_name]
-    scorer = build_scorer(spec.type, spec.options)
-    # recorded once the scorer is loaded: the cache then holds what it loaded
-    record = _stage(scorer=scorer_name, **scorer_records(spec))
+    scorer, record = _load_scorer(study, scorer_name)
     for source, output in zip(generations, outputs):
         table = tables.read_parquet(source, "generations")
         scored = score_table(table, scorer, scorer_name)
@@ -357,16 +365,14 @@ def select_guarded(study: Study, variant: str, sources: list[str], candidates: l
     `selections[i]`), its source's answer and extra candidates scored by the guard's scorer (loaded once for all),
     one kept per sample (finetox.levers.guard.select). No candidates table when the guard has one candidate."""
     from finetox.checkpoints import load_tokenizer
-    from finetox.hub import scorer_records
     from finetox.levers import guard as lever
-    from finetox.scoring import build_scorer, score_table
+    from finetox.scoring import score_table
 
     guard = study.variants[variant].guard
     if len(sources) != len(outputs) or len(selections) != len(outputs) or len(candidates) not in (0, len(outputs)):
         raise ValueError(f"{len(sources)} source and {len(candidates)} candidate tables for {len(outputs)} outputs")
     spec = study.scorers[guard.scorer]
-    scorer = build_scorer(spec.type, spec.options)
-    record = _stage(scorer=guard.scorer, **scorer_records(spec))
+    scorer, record = _load_scorer(study, guard.scorer)
     # the fixed refusal's length in the tokens of the model it stands in for
     refusal_tokens = len(load_tokenizer(study.checkpoint(variant))(guard.refusal, add_special_tokens=False)["input_ids"])
     for i, (source, output, selection) in enumerate(zip(sources, outputs, selections)):
@@ -391,13 +397,10 @@ def mistakes(study: Study, name: str, answers: str, output: str) -> None:
     judge (loaded here, no engine), and the prompts they erred on written as a probe file; every prompt left out is
     counted by reason, in the log and in the table's provenance."""
     from finetox import mistakes as produced_prompts
-    from finetox.hub import scorer_records
-    from finetox.scoring import build_scorer, score_table
+    from finetox.scoring import score_table
 
     made = study.probes[name].source.produced
-    spec = study.scorers[made.scorer]
-    scorer = build_scorer(spec.type, spec.options)
-    record = _stage(scorer=made.scorer, **scorer_records(spec))
+    scorer, record = _load_scorer(study, made.scorer)
     scored = score_table(tables.read_parquet(answers, "generations"), scorer, made.scorer)
     table, left_out = produced_prompts.erred_prompts(scored, made, f"probes {name}")
     prompts = scored["prompt_id"].nunique()
